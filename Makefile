@@ -1,0 +1,39 @@
+# kolos — top-level entry points. `make run` and `make test` each do the whole set-up on a fresh Debian 12 machine.
+BUILD   ?= build
+JOBS    ?= $(shell nproc)
+KOLOS   := $(BUILD)/kolos
+DATA    := .cache/data/moby-dick-byte
+STAMP   := .cache/setup.stamp
+
+.PHONY: all setup build data run test bench clean
+
+all: build
+
+$(STAMP): scripts/setup.sh
+	bash scripts/setup.sh
+	@touch $@
+
+setup: $(STAMP)
+
+$(BUILD)/CMakeCache.txt: $(STAMP)
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The default token files (byte tokenizer over the demo corpus, validation = last 10%).
+data: build
+	@test -f $(DATA)/meta.json || $(KOLOS) prepare --input .cache/moby-dick.txt --tokenizer byte --out $(DATA)
+
+run: data
+	$(KOLOS) train
+
+test: data
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	$(KOLOS) bench gemm
+	$(KOLOS) bench train
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,131 @@
+// The resolved configuration: one struct per TOML section (model, data, train, optim, parallel, memory, dist).
+//
+// Sources, in order: the struct defaults below, a recipe (`--config tiny` names configs/tiny.toml, compiled into the
+// binary) or a TOML file (`--config path.toml`), then each `--set section.key=value`. An unknown section or key, a
+// value of the wrong type or out of range is an InputError naming the key and what was expected.
+// Every key is documented in README.md ("Configuration").
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kolos {
+
+struct ModelConfig {
+  std::string arch = "gpt2";  // "gpt2" | "llama"
+  int64_t layers = 4;
+  int64_t hidden = 256;
+  int64_t heads = 4;
+  int64_t kv_heads = 0;      // 0 = heads (multi-head attention); llama: grouped-query attention when < heads
+  int64_t ffn_hidden = 0;    // 0 = 4*hidden (gpt2) or the LLaMA rule (llama)
+  int64_t vocab = 261;
+  int64_t seq_len = 256;     // context length (positions of gpt2, RoPE table of llama)
+  double dropout = 0.0;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  bool tie_embeddings = true;  // gpt2 ties the head to the token embedding; llama unties it (set in the recipe)
+  double init_std = 0.02;
+};
+
+struct DataConfig {
+  std::string path = ".cache/data/moby-dick-byte";  // directory written by `kolos prepare`
+  bool synthetic = false;                             // reproducible random tokens instead of files
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int64_t batch_size = 8;    // sequences per data-parallel rank per micro-step
+  int64_t grad_accum = 1;    // micro-steps per optimizer step
+  int64_t global_batch = 0;  // 0 = batch_size*grad_accum*dp; set it to derive grad_accum
+  int64_t seed = 1337;
+  std::string dtype = "fp32";  // "fp32" (bf16/fp16 arrive with mixed precision)
+  int64_t log_every = 10;
+  int64_t eval_every = 200;    // 0 = only at the end
+  int64_t eval_batches = 16;   // validation batches per evaluation (0 = the whole validation split)
+  int64_t save_every = 500;    // 0 = only at the end
+  int64_t keep_checkpoints = 2;  // newest complete checkpoints kept (0 = all)
+  std::string activation_checkpointing = "none";
+  int64_t threads = 0;         // intra-op threads, 0 = all cores
+  int64_t sample_tokens = 400; // tokens generated at the end of training (0 = none)
+  std::string sample_prompt = "\n";
+};
+
+struct OptimConfig {
+  std::string name = "adamw";
+  double lr = 1e-3;
+  double min_lr = 1e-4;
+  int64_t warmup_steps = 100;
+  std::string schedule = "cosine";  // "cosine" | "linear" | "constant"
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;           // global L2 norm; 0 = off
+  bool decay_norms_biases = false;  // apply weight decay to norms and biases too
+  bool decay_embeddings = false;    // apply weight decay to embeddings too
+};
+
+struct ParallelConfig {
+  int64_t dp = 0;  // 0 = world / (pp*sp*tp)
+  int64_t tp = 1;
+  std::string tp_mode = "1d";
+  int64_t tp_depth = 1;
+  bool megatron_sp = false;
+  int64_t sp = 1;
+  std::string sp_mode = "ring";
+  int64_t pp = 1;
+  std::string pp_schedule = "1f1b";
+  int64_t pp_virtual = 1;
+  std::string pp_layers = "";
+  int64_t zero = 0;
+  double bucket_mb = 25.0;
+};
+
+struct MemoryConfig {
+  std::string placement = "static";
+  std::string budget = "";
+  std::string offload_tier = "host";
+  std::string nvme_path = "";
+  double shard_param_frac = 1.0;
+  double offload_optim_frac = 0.0;
+  double offload_param_frac = 0.0;
+};
+
+struct DistConfig {
+  std::string backend = "gloo";
+  double timeout_s = 300.0;
+  std::string iface = "";
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  OptimConfig optim;
+  ParallelConfig parallel;
+  MemoryConfig memory;
+  DistConfig dist;
+};
+
+// Builds the configuration from an optional recipe name or TOML path and `section.key=value` overrides, then
+// validates it. Throws InputError naming the bad key, value, or file.
+Config load_config(const std::optional<std::string>& recipe_or_path, const std::vector<std::string>& overrides);
+
+// Parses TOML text (a recipe or a saved config.toml) onto `cfg`; `origin` names the source in errors.
+void apply_toml(Config& cfg, const std::string& toml_text, const std::string& origin);
+// Applies one `section.key=value` override.
+void apply_override(Config& cfg, const std::string& assignment);
+// Checks ranges and cross-key rules (single-process scope: world size 1). Throws InputError.
+void validate(Config& cfg);
+
+// The resolved configuration as TOML, every key present (written to RUN_DIR/config.toml and to checkpoints).
+std::string dump_toml(const Config& cfg);
+
+// Names of the recipes compiled into the binary (configs/*.toml).
+std::vector<std::string> recipe_names();
+// The TOML text of a recipe, or nullopt.
+std::optional<std::string> recipe_text(const std::string& name);
+
+}  // namespace kolos

@@ -1,0 +1,73 @@
+#include "tests/support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace kolos::test {
+
+namespace {
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+}  // namespace
+
+RunResult run_shell(const std::string& command) {
+  RunResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  else if (WIFSIGNALED(status)) r.exit_code = 128 + WTERMSIG(status);
+  return r;
+}
+
+RunResult run_kolos(const std::vector<std::string>& args) {
+  std::string cmd = shell_quote(KOLOS_BINARY);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  return run_shell("cd " + shell_quote(KOLOS_SOURCE_DIR) + " && " + cmd);
+}
+
+TempDir::TempDir(const std::string& tag) {
+  static std::atomic<int> counter{0};
+  path_ = std::filesystem::path(KOLOS_BINARY).parent_path().string() + "/test-tmp/" + tag + "-" + std::to_string(getpid()) + "-" +
+          std::to_string(counter++);
+  std::filesystem::remove_all(path_);
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string last_json_line(const std::string& text) {
+  std::istringstream in(text);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    if (nlohmann::json::accept(line)) last = line;
+  }
+  return last;
+}
+
+bool have_python_torch() {
+  static const bool ok = run_shell("/usr/bin/python3 -c 'import torch'").exit_code == 0;
+  return ok;
+}
+
+std::string default_data_dir() { return std::string(KOLOS_SOURCE_DIR) + "/.cache/data/moby-dick-byte"; }
+
+}  // namespace kolos::test

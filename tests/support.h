@@ -1,0 +1,40 @@
+// Helpers shared by the tests: running the kolos binary, temporary directories, reference-Python calls.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace kolos::test {
+
+struct RunResult {
+  int exit_code = -1;  // the process's exit status, or 128+signal when killed
+  std::string output;  // stdout and stderr, interleaved
+};
+
+// Runs build/kolos with `args` (each passed as one argument, no shell) from the source directory.
+RunResult run_kolos(const std::vector<std::string>& args);
+// Runs a shell command, capturing stdout+stderr.
+RunResult run_shell(const std::string& command);
+
+// A fresh empty directory under the build tree's test area, removed by the destructor.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag);
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// The last line of `text` that parses as a JSON object, or "" when none does.
+std::string last_json_line(const std::string& text);
+
+// True when /usr/bin/python3 can import torch (Debian's python3-torch), for reference comparisons.
+bool have_python_torch();
+
+// The default demo token directory exists (prepared by `make data`).
+std::string default_data_dir();
+
+}  // namespace kolos::test
