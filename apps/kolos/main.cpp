@@ -6,8 +6,11 @@
 
 #include <c10/util/Exception.h>
 
+#include <malloc.h>
+
 #include "apps/kolos/commands.h"
 #include "kolos/core/error.h"
+#include "kolos/train/gemm_bench.h"
 
 namespace kolos::app {
 
@@ -65,6 +68,12 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenMP threads must sleep, not spin, when OpenBLAS's threads share the cores (re-executes once if unset).
+  kolos::train::ensure_passive_omp_wait();
+  // Training allocates and frees the same large activation buffers every step. Keep freed memory in the heap
+  // (no mmap for large blocks, no trimming) so the next step reuses warm pages instead of faulting in fresh ones.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, -1);
   try {
     return dispatch(argc, argv);
   } catch (const kolos::InputError& e) {

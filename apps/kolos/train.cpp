@@ -1,12 +1,44 @@
+// kolos train: trains a model from a recipe or TOML file with --set overrides into a run directory.
 #include "apps/kolos/commands.h"
+#include "kolos/config/config.h"
 #include "kolos/core/error.h"
+#include "kolos/train/trainer.h"
 
 namespace kolos::app {
 
 int train_main(int argc, char** argv) {
-  CLI::App app{"kolos train", "train"};
+  CLI::App app{"Train a model. With no arguments: the tiny recipe on the demo corpus into runs/tiny.", "train"};
+  std::string config_name;
+  std::vector<std::string> overrides;
+  std::string out_dir;
+  bool resume = false;
+  int64_t stop_after = 0;
+  app.add_option("--config", config_name, "recipe name (configs/NAME.toml, built in) or TOML file; default: tiny");
+  app.add_option("--set", overrides, "override one key: section.key=value (repeatable)")->take_all()->allow_extra_args(false);
+  app.add_option("--out", out_dir, "run directory (default: runs/<recipe name>)");
+  app.add_flag("--resume", resume, "continue from the latest complete checkpoint in --out, or start fresh and say so");
+  app.add_option("--stop-after", stop_after, "stop (with a checkpoint) after this many steps, without changing the schedule")
+      ->check(CLI::NonNegativeNumber);
   if (!parse_args(app, argc, argv)) return 0;
-  throw InputError("kolos train: not implemented yet");
+
+  std::optional<std::string> source;
+  if (!config_name.empty()) source = config_name;
+  Config config = load_config(source, overrides);
+  train::RunOptions options;
+  if (out_dir.empty()) {
+    std::string stem = config_name.empty() ? "tiny" : config_name;
+    const auto slash = stem.find_last_of('/');
+    if (slash != std::string::npos) stem = stem.substr(slash + 1);
+    const auto dot = stem.rfind(".toml");
+    if (dot != std::string::npos) stem = stem.substr(0, dot);
+    out_dir = "runs/" + stem;
+  }
+  options.out_dir = out_dir;
+  options.resume = resume;
+  options.stop_after = stop_after;
+  train::Trainer trainer(std::move(config), options);
+  trainer.train();
+  return 0;
 }
 
 }  // namespace kolos::app

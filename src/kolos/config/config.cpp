@@ -228,6 +228,8 @@ void validate(Config& cfg) {
   KOLOS_CHECK(m.dropout >= 0 && m.dropout < 1, "config key model.dropout: expected in [0, 1), got {}", m.dropout);
   KOLOS_CHECK(m.norm_eps > 0, "config key model.norm_eps: expected > 0, got {}", m.norm_eps);
   KOLOS_CHECK(m.rope_theta > 0, "config key model.rope_theta: expected > 0, got {}", m.rope_theta);
+  KOLOS_CHECK(m.arch == "llama" || m.tie_embeddings,
+              "config key model.tie_embeddings: gpt2 ties its output head to the token embedding, expected true");
   KOLOS_CHECK(m.arch != "llama" || (m.hidden / m.heads) % 2 == 0,
               "config keys model.hidden / model.heads: RoPE needs an even head dimension, got {}", m.hidden / m.heads);
   KOLOS_CHECK(m.init_std > 0, "config key model.init_std: expected > 0, got {}", m.init_std);

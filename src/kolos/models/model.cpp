@@ -1,0 +1,51 @@
+#include "kolos/models/model.h"
+
+#include "kolos/core/error.h"
+#include "kolos/models/gpt/gpt.h"
+#include "kolos/models/llama/llama.h"
+#include "kolos/nn/layers.h"
+
+namespace kolos::models {
+
+std::unique_ptr<Model> Model::create(const ModelConfig& config) {
+  if (config.arch == "gpt2") return std::make_unique<Gpt>(config);
+  if (config.arch == "llama") return std::make_unique<Llama>(config);
+  throw InputError(fmt::format("config key model.arch: expected \"gpt2\" or \"llama\", got \"{}\"", config.arch));
+}
+
+void Model::init_params(int64_t seed) {
+  std::vector<at::Tensor> tensors;
+  for (const auto& spec : param_specs()) tensors.push_back(nn::init_param(spec, seed));
+  bind_params(std::move(tensors));
+}
+
+void Model::bind_params(std::vector<at::Tensor> tensors) {
+  const auto specs = param_specs();
+  KOLOS_ASSERT(tensors.size() == specs.size(), "bind_params: {} tensors for {} parameters", tensors.size(),
+               specs.size());
+  params_.clear();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    KOLOS_ASSERT(tensors[i].sizes().vec() == specs[i].shape, "bind_params: wrong shape for {}", specs[i].name);
+    if (!tensors[i].requires_grad()) tensors[i].set_requires_grad(true);
+    params_.emplace_back(specs[i].name, tensors[i]);
+  }
+  on_params_bound();
+}
+
+at::Tensor Model::param(const std::string& name) const {
+  for (const auto& [n, t] : params_)
+    if (n == name) return t;
+  KOLOS_ASSERT(false, "no parameter named {}", name);
+}
+
+at::Tensor Model::loss(const at::Tensor& ids, const at::Tensor& targets) {
+  at::Tensor logits = forward(ids);
+  return nn::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+at::Tensor Model::dropout(const at::Tensor& x) const {
+  if (!training_ || config_.dropout == 0.0) return x;
+  return at::dropout(x, config_.dropout, /*train=*/true);
+}
+
+}  // namespace kolos::models

@@ -1,0 +1,66 @@
+// A language model written once as single-device code. Parallelism is applied from outside (parallel::apply in
+// later issues); a model's forward never mentions ranks.
+//
+// Parameters live in one table (name -> tensor) in a fixed order given by param_specs(). The trainer may
+// replace the tensors with views into its own flat buffers (bind_params) before training.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "kolos/config/config.h"
+#include "kolos/nn/param.h"
+
+namespace kolos::models {
+
+using NamedTensor = std::pair<std::string, at::Tensor>;
+
+class Model {
+ public:
+  explicit Model(const ModelConfig& config) : config_(config) {}
+  virtual ~Model() = default;
+
+  // Builds the model for config.arch. Nothing is allocated until init_params/bind_params.
+  static std::unique_ptr<Model> create(const ModelConfig& config);
+
+  const ModelConfig& config() const { return config_; }
+
+  // Every parameter with its global shape, init rule and weight-decay class, in a fixed order.
+  virtual std::vector<nn::ParamSpec> param_specs() const = 0;
+  int64_t num_params() const { return nn::count_params(param_specs()); }
+  // Weights used in matrix products, counting the output head (also when tied) but not embedding look-ups:
+  // N' of the MFU formula (yardsticks §4.1).
+  virtual int64_t num_matmul_params() const = 0;
+
+  // Allocates and initialises every parameter from (seed, name); requires_grad set.
+  void init_params(int64_t seed);
+  // Uses the given tensors (same order and shapes as param_specs) as the parameters.
+  void bind_params(std::vector<at::Tensor> tensors);
+  const std::vector<NamedTensor>& params() const { return params_; }
+  at::Tensor param(const std::string& name) const;
+
+  // Training mode enables dropout.
+  void set_training(bool training) { training_ = training; }
+  bool training() const { return training_; }
+
+  // ids: (B, T) int64 with T <= seq_len. Returns logits (B, T, V).
+  virtual at::Tensor forward(const at::Tensor& ids) = 0;
+  // Mean cross-entropy of the next-token predictions against targets (B, T).
+  at::Tensor loss(const at::Tensor& ids, const at::Tensor& targets);
+
+ protected:
+  // Called after the parameter table changed, so the model can refresh its layer references.
+  virtual void on_params_bound() = 0;
+  at::Tensor dropout(const at::Tensor& x) const;
+
+  ModelConfig config_;
+  std::vector<NamedTensor> params_;
+  bool training_ = true;
+};
+
+}  // namespace kolos::models

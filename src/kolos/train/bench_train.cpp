@@ -1,0 +1,137 @@
+// kolos bench train: times training steps of a model (default GPT-2-small shapes at sequence 256, batch 4, fp32,
+// synthetic tokens) and, with --pytorch, runs bench/pytorch_train.py on the same shapes in the same invocation.
+#include "kolos/train/bench_train.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "kolos/config/config.h"
+#include "kolos/core/error.h"
+#include "kolos/core/units.h"
+#include "kolos/train/gemm_bench.h"
+#include "kolos/train/trainer.h"
+
+namespace kolos::train {
+
+namespace {
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Runs a command and returns the last line of its stdout that parses as a JSON object (null when none).
+nlohmann::json run_json_command(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  KOLOS_CHECK(pipe != nullptr, "bench train: cannot run {}", command);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+  const int status = pclose(pipe);
+  nlohmann::json last;
+  size_t start = 0;
+  while (start < out.size()) {
+    size_t end = out.find('\n', start);
+    if (end == std::string::npos) end = out.size();
+    auto j = nlohmann::json::parse(out.substr(start, end - start), nullptr, false);
+    if (j.is_object()) last = j;
+    start = end + 1;
+  }
+  KOLOS_CHECK(status == 0 && last.is_object(), "bench train: `{}` failed (status {}); output:\n{}", command, status, out);
+  return last;
+}
+
+}  // namespace
+
+int bench_train_main(int argc, char** argv) {
+  CLI::App app{"Time training steps (default: GPT-2-small shapes, sequence 256, batch 4, fp32, synthetic tokens).",
+               "train"};
+  std::string config_name;
+  std::vector<std::string> overrides;
+  int64_t steps = 10, warmup = 2;
+  bool pytorch = false;
+  app.add_option("--config", config_name, "recipe or TOML file (default: gpt2-small with the bench settings)");
+  app.add_option("--set", overrides, "override one key: section.key=value (repeatable)");
+  app.add_option("--steps", steps, "timed steps (default 10)")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "untimed steps first (default 2)")->check(CLI::NonNegativeNumber);
+  app.add_flag("--pytorch", pytorch, "also run bench/pytorch_train.py (PyTorch eager, same shapes) and compare");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    app.exit(e);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    throw InputError(fmt::format("kolos bench train: {} (see kolos bench train --help)", e.what()));
+  }
+
+  std::vector<std::string> sets = {"model.seq_len=256", "train.batch_size=4", "data.synthetic=true",
+                                   "train.grad_accum=1", "optim.warmup_steps=0", "optim.lr=1e-4"};
+  sets.insert(sets.end(), overrides.begin(), overrides.end());
+  Config config = load_config(config_name.empty() ? std::string("gpt2-small") : config_name, sets);
+  config.train.steps = warmup + steps;
+  RunOptions options;
+  options.write_run_dir = false;
+  options.final_eval = false;
+
+  const int threads = configure_threads(config.train.threads);
+  GemmBenchOptions gemm_options;
+  gemm_options.bf16 = false;
+  const GemmBenchResult gemm = run_gemm_bench(2048, threads, gemm_options);
+
+  Trainer trainer(config, options);
+  const auto& m = config.model;
+  std::printf("kolos bench train: %s, %ld layers, hidden %ld, heads %ld, vocab %ld, seq %ld, batch %ld, %d threads\n",
+              m.arch.c_str(), m.layers, m.hidden, m.heads, m.vocab, m.seq_len, config.train.batch_size, threads);
+  std::vector<double> step_ms, fwd_bwd_ms, optim_ms;
+  int64_t tokens_per_step = 0;
+  for (int64_t s = 0; s < warmup + steps; ++s) {
+    StepResult r = trainer.train_step(s);
+    tokens_per_step = r.tokens;
+    std::printf("  step %ld: %.0f ms (forward+backward %.0f, optimizer %.0f), loss %.4f%s\n", s, r.step_ms,
+                r.fwd_bwd_ms, r.optim_ms, r.loss, s < warmup ? " (warm-up)" : "");
+    std::fflush(stdout);
+    if (s < warmup) continue;
+    step_ms.push_back(r.step_ms);
+    fwd_bwd_ms.push_back(r.fwd_bwd_ms);
+    optim_ms.push_back(r.optim_ms);
+  }
+  const double med = median(step_ms);
+  const double tps = tokens_per_step / (med / 1e3);
+  nlohmann::json out = {{"impl", "kolos"},
+                        {"tokens_per_s", tps},
+                        {"step_ms_median", med},
+                        {"fwd_bwd_ms", median(fwd_bwd_ms)},
+                        {"optim_ms", median(optim_ms)},
+                        {"mfu", tps * trainer.flops_per_token() / (gemm.fp32_gflops * 1e9)},
+                        {"peak_rss_mb", peak_rss_bytes() / 1048576.0},
+                        {"threads", threads},
+                        {"gemm_fp32_gflops", gemm.fp32_gflops},
+                        {"params", trainer.model().num_params()},
+                        {"flops_per_token", trainer.flops_per_token()}};
+  if (pytorch) {
+    KOLOS_CHECK(m.arch == "gpt2", "bench train --pytorch: the PyTorch reference is GPT-2 only, got model.arch = {}", m.arch);
+    const std::string cmd = fmt::format(
+        "/usr/bin/python3 {}/bench/pytorch_train.py --layers {} --hidden {} --heads {} --vocab {} --seq {} --batch {} "
+        "--steps {} --warmup {} --threads {} --gemm-gflops {}",
+        KOLOS_SOURCE_DIR, m.layers, m.hidden, m.heads, m.vocab, m.seq_len, config.train.batch_size, steps, warmup,
+        threads, gemm.fp32_gflops);
+    std::printf("running the PyTorch reference: %s\n", cmd.c_str());
+    std::fflush(stdout);
+    nlohmann::json ref = run_json_command(cmd);
+    out["pytorch"] = ref;
+    const double ref_tps = ref.value("tokens_per_s", 0.0);
+    if (ref_tps > 0) out["speedup_vs_pytorch"] = tps / ref_tps;
+    const double ref_rss = ref.value("peak_rss_mb", 0.0);
+    if (ref_rss > 0) out["rss_ratio_vs_pytorch"] = out["peak_rss_mb"].get<double>() / ref_rss;
+  }
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+}  // namespace kolos::train
