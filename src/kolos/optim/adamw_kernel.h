@@ -29,4 +29,10 @@ void adamw_step_fp32(float* p, const float* g, float* m, float* v, int64_t n, co
 // Which SIMD path adamw_step_fp32 takes on this machine: "avx512", "avx2" or "scalar".
 const char* adamw_kernel_isa();
 
+// For tests and benchmarks: whether this machine can run path `isa` ("avx512", "avx2", "scalar"), and
+// adamw_step_fp32 forced onto that path. Throws std::logic_error for an unknown or unsupported `isa`.
+bool adamw_kernel_isa_supported(const char* isa);
+void adamw_step_fp32_isa(const char* isa, float* p, const float* g, float* m, float* v, int64_t n,
+                         const AdamWStepArgs& args);
+
 }  // namespace kolos::optim
