@@ -3,6 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 KOLOS   := $(BUILD)/kolos
 DATA    := .cache/data/moby-dick-byte
+DATA_BPE := .cache/data/moby-dick-gpt2
 STAMP   := .cache/setup.stamp
 
 .PHONY: all setup build data run test bench clean
@@ -24,6 +25,7 @@ build: $(BUILD)/CMakeCache.txt
 # The default token files (byte tokenizer over the demo corpus, validation = last 10%).
 data: build
 	@test -f $(DATA)/meta.json || $(KOLOS) prepare --input .cache/moby-dick.txt --tokenizer byte --out $(DATA)
+	@test -f $(DATA_BPE)/meta.json || $(KOLOS) prepare --input .cache/moby-dick.txt --tokenizer gpt2 --out $(DATA_BPE)
 
 run: data
 	$(KOLOS) train
@@ -33,7 +35,7 @@ test: data
 
 bench: build
 	$(KOLOS) bench gemm
-	$(KOLOS) bench train
+	$(KOLOS) bench train --pytorch
 
 clean:
 	rm -rf $(BUILD)
