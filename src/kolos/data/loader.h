@@ -6,11 +6,20 @@
 // A sample index i in [0, n_windows) is the window of seq_len+1 tokens starting at token i*seq_len... (windows
 // are non-overlapping over the split; an epoch is a permutation of the windows, reshuffled each epoch with the
 // seed), so the same step gives the same samples on any layout and after a resume.
+//
+// Concretely: global sample g = step·G + j (0 <= j < G) lies in epoch e = g / n_windows at position
+// p = g % n_windows, and is window perm(seed, e)(p), where perm is a keyed Feistel bijection of [0, n_windows)
+// (cycle-walking), so any step is computed directly, without replaying the ones before it.
+//
+// data.synthetic: no files; token i of split s is a hash of (seed, s, i) modulo `vocab` (unlearnable noise of
+// entropy log2(vocab), for speed and parity runs). The train split is 2^40 tokens long, the validation split 2^16;
+// one token counts as one byte.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -34,6 +43,7 @@ struct LoaderOptions {
   int64_t seed = 0;
 };
 
+// Thread-safety: every method is const and may be called from several threads.
 class Loader {
  public:
   // InputError when the token directory is missing/corrupt, its vocabulary differs from `vocab` (naming both
@@ -42,7 +52,8 @@ class Loader {
 
   // Micro-batch `micro` (0 <= micro < grad_accum) of optimizer step `step` for this rank.
   Batch train_batch(int64_t step, int64_t micro) const;
-  // Validation batch `index`: windows taken in order (no shuffle); batches past the end wrap around.
+  // Validation batch `index` of batch_size windows: windows taken in order (no shuffle), batch i holding windows
+  // i·B ... i·B+B-1 modulo the number of validation windows (so batches past the end wrap around).
   Batch val_batch(int64_t index) const;
   // Number of validation batches that cover the split once.
   int64_t val_batches() const;
@@ -51,8 +62,12 @@ class Loader {
   const TokenMeta& meta() const { return meta_; }
 
  private:
+  enum class Split { kTrain = 0, kVal = 1 };
+  // The window (0 <= window < train_windows_) that global sample `global_sample` of the train split uses.
   int64_t sample_index(int64_t global_sample) const;
-  Batch windows(const TokenFile& file, const std::vector<int64_t>& starts) const;
+  // A batch of the given windows of a split (window w = tokens [w*T, w*T+T+1)).
+  Batch windows(Split split, const std::vector<int64_t>& window_indices) const;
+  void read_tokens(Split split, int64_t start, int64_t count, int64_t* out) const;
 
   LoaderOptions options_;
   TokenMeta meta_;

@@ -6,9 +6,10 @@
 //                "train_tokens": n, "val_tokens": n, "train_bytes": n, "val_bytes": n,
 //                "baselines": {"unigram_bpb": x, "bigram_bpb": y}, "sources": [input paths]}
 //   train.bin, val.bin   little-endian token ids of `dtype`, documents separated by the tokenizer's eot id.
-// The validation split is the last 10% of the input bytes (cut at a UTF-8 character boundary before
-// tokenizing), so "val_bytes" counts exactly the UTF-8 bytes the validation tokens decode to. bits per byte of a
-// model = (summed negative log-likelihood over the validation tokens, in bits) / val_bytes.
+// The validation split is the last 10% of the concatenated input bytes (cut at a UTF-8 character boundary before
+// tokenizing; several inputs are joined with the eot id), so "val_bytes" counts exactly the input bytes that the
+// validation tokens stand for (an eot separator stands for no input byte). bits per byte of a model = (summed
+// negative log-likelihood over the validation tokens, in bits) / val_bytes.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +31,8 @@ struct TokenMeta {
 
 // Reads DIR/meta.json; InputError naming the file when missing, not JSON, or missing a field.
 TokenMeta read_token_meta(const std::string& dir);
+// Writes DIR/meta.json (through a temporary name and a rename).
+void write_token_meta(const std::string& dir, const TokenMeta& meta);
 
 // A read-only memory map of one .bin file. Move-only; unmaps on destruction.
 class TokenFile {
@@ -68,8 +71,10 @@ struct PrepareOptions {
 TokenMeta prepare_tokens(const PrepareOptions& options);
 
 // Validation bits per byte of the unigram and bigram baselines: counts from `train`, evaluated on `val`,
-// divided by `val_bytes`. Unigram: add-one smoothing. Bigram: p(b|a) = (c(a,b) + k·p_uni(b)) / (c(a) + k), with k
-// the best of a fixed grid on the validation split (the strongest such baseline).
+// divided by `val_bytes`. Unigram: add-one smoothing, p_uni(b) = (c(b) + 1) / (N + V). Bigram:
+// p(b|a) = (c(a,b) + k·p_uni(b)) / (c(a) + k), c(a) counting a as the first token of a train bigram, with k the
+// best of the grid {10^(i/4) : i = -8..16} on the validation split (the strongest such baseline); the first
+// validation token, which has no predecessor, is scored with p_uni.
 struct Baselines {
   double unigram_bpb = 0, bigram_bpb = 0;
 };
