@@ -71,7 +71,7 @@ int bench_train_main(int argc, char** argv) {
   }
 
   std::vector<std::string> sets = {"model.seq_len=256", "train.batch_size=4", "data.synthetic=true",
-                                   "train.grad_accum=1", "optim.warmup_steps=0", "optim.lr=1e-4"};
+                                   "train.grad_accum=1", "optim.warmup_steps=0", "optim.lr=1e-4", "optim.min_lr=1e-5"};
   sets.insert(sets.end(), overrides.begin(), overrides.end());
   Config config = load_config(config_name.empty() ? std::string("gpt2-small") : config_name, sets);
   config.train.steps = warmup + steps;

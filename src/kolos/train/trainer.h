@@ -58,6 +58,7 @@ class Trainer {
   std::pair<double, double> evaluate(int64_t batches);
 
   models::Model& model() { return *model_; }
+  const optim::AdamW& optimizer() const { return *optimizer_; }
   const Config& config() const { return config_; }
   int64_t start_step() const { return start_step_; }
   // Model FLOPs per token: 6 N' + 12 l h s (DESIGN "Benchmarks").
