@@ -11,6 +11,7 @@ int prepare_main(int argc, char** argv);
 int generate_main(int argc, char** argv);
 int plot_main(int argc, char** argv);
 int bench_main(int argc, char** argv);
+int run_main(int argc, char** argv);
 
 // Parses argv with CLI11. Returns false when --help was printed (the command then returns 0); a parse error
 // becomes an InputError naming the flag.

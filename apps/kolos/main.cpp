@@ -42,6 +42,7 @@ const char* kUsage =
     "  generate   sample text from a checkpoint\n"
     "  plot       draw loss and tokens/s of a run directory as a PNG\n"
     "  bench      benchmarks: gemm, train\n"
+    "  run        start N processes of a distributed run: kolos run -n N -- kolos train ...\n"
     "\n"
     "`kolos COMMAND --help` describes each command.\n";
 
@@ -61,8 +62,9 @@ int dispatch(int argc, char** argv) {
   if (cmd == "generate") return generate_main(argc - 1, argv + 1);
   if (cmd == "plot") return plot_main(argc - 1, argv + 1);
   if (cmd == "bench") return bench_main(argc - 1, argv + 1);
+  if (cmd == "run") return run_main(argc - 1, argv + 1);
   throw kolos::InputError(fmt::format(
-      "unknown command \"{}\" (expected train, prepare, generate, plot or bench; see kolos --help)", cmd));
+      "unknown command \"{}\" (expected train, run, prepare, generate, plot or bench; see kolos --help)", cmd));
 }
 
 }  // namespace
