@@ -7,6 +7,7 @@
 
 #include "apps/kolos/commands.h"
 #include "kolos/core/error.h"
+#include "kolos/dist/bench_comm.h"
 #include "kolos/train/bench_train.h"
 #include "kolos/train/gemm_bench.h"
 
@@ -21,6 +22,8 @@ const char* kBenchUsage =
     "  gemm    at::mm throughput, fp32 and bf16, on all cores; the BLAS LibTorch uses (the fp32 rate is MFU's\n"
     "          denominator)\n"
     "  train   training-step throughput, MFU and peak memory of a model\n"
+    "  comm    all-reduce / all-gather / reduce-scatter bandwidth over the world group\n"
+    "          (under a launcher: kolos run -n 2 -- kolos bench comm)\n"
     "\n"
     "`kolos bench BENCHMARK --help` describes each.\n";
 
@@ -90,8 +93,9 @@ int bench_main(int argc, char** argv) {
   if (which == "gemm") return gemm_main(argc - 1, argv + 1);
   // `kolos bench train` lives in the library (src/kolos/train/bench_train.cpp): it builds a Trainer.
   if (which == "train") return train::bench_train_main(argc - 1, argv + 1);
-  throw InputError(which.empty() ? "kolos bench: which benchmark? expected gemm or train (see kolos bench --help)"
-                                 : fmt::format("kolos bench: unknown benchmark \"{}\" (expected gemm or train; see "
+  if (which == "comm") return dist::bench_comm_main(argc - 1, argv + 1);
+  throw InputError(which.empty() ? "kolos bench: which benchmark? expected gemm, train or comm (see kolos bench --help)"
+                                 : fmt::format("kolos bench: unknown benchmark \"{}\" (expected gemm, train or comm; see "
                                                "kolos bench --help)",
                                                which));
 }

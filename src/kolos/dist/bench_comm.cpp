@@ -1,0 +1,121 @@
+#include "kolos/dist/bench_comm.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "kolos/core/error.h"
+#include "kolos/core/timer.h"
+#include "kolos/core/units.h"
+#include "kolos/dist/comm.h"
+#include "kolos/dist/env.h"
+
+namespace kolos::dist {
+
+namespace {
+
+struct OpResult {
+  std::string op;
+  int64_t bytes = 0;
+  double seconds = 0;  // median of the timed iterations
+};
+
+double bus_factor(const std::string& op, int n) {
+  return op == "all_reduce" ? 2.0 * (n - 1) / n : static_cast<double>(n - 1) / n;
+}
+
+}  // namespace
+
+int bench_comm_main(int argc, char** argv) {
+  CLI::App app{"Bandwidth of all-reduce, all-gather and reduce-scatter over the world group. Run it under a "
+               "launcher: kolos run -n 2 -- kolos bench comm",
+               "comm"};
+  std::string min_text = "1KiB", max_text = "256MiB";
+  double timeout_s = 120;
+  app.add_option("--min-size", min_text, "smallest message (default 1KiB)");
+  app.add_option("--max-size", max_text, "largest message (default 256MiB)");
+  app.add_option("--timeout", timeout_s, "seconds a peer may stay silent (default 120)")->check(CLI::PositiveNumber);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    app.exit(e);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    throw InputError(fmt::format("kolos bench comm: {} (see kolos bench comm --help)", e.what()));
+  }
+  const int64_t min_bytes = parse_bytes(min_text, "--min-size");
+  const int64_t max_bytes = parse_bytes(max_text, "--max-size");
+  KOLOS_CHECK(min_bytes >= 4 && min_bytes <= max_bytes, "--min-size / --max-size: expected 4 B <= min <= max, got {} and {}",
+              min_text, max_text);
+
+  const DistEnv env = read_dist_env();
+  KOLOS_CHECK(env.world_size >= 2,
+              "kolos bench comm: needs at least 2 ranks, found WORLD_SIZE = {}; run it as "
+              "`kolos run -n 2 -- kolos bench comm`",
+              env.world_size);
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<std::uint16_t>(env.master_port);
+  so.isServer = env.rank == 0;
+  so.numWorkers = env.world_size;
+  so.waitWorkers = false;
+  so.timeout = timeout;
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  } catch (const std::exception& e) {
+    throw PeerError(fmt::format("rank {}: rendezvous at {}:{} failed: {}", env.rank, env.master_addr,
+                                env.master_port, e.what()));
+  }
+  Comm::Options co;
+  co.timeout = timeout;
+  co.hostname = env.master_addr == "127.0.0.1" || env.master_addr == "localhost" ? "127.0.0.1" : "";
+  auto comm = Comm::create(store, env.rank, env.world_size, "world", co);
+  const int n = env.world_size;
+
+  std::vector<OpResult> results;
+  for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
+    const int64_t numel = std::max<int64_t>(n, bytes / 4 / n * n);  // divisible by n for the sharded ops
+    const int iters = static_cast<int>(std::clamp<int64_t>((64ll << 20) / (numel * 4), 3, 50));
+    at::Tensor full = at::ones({numel}, at::kFloat);
+    at::Tensor shard = at::empty({numel / n}, at::kFloat);
+    for (const std::string op : {"all_reduce", "all_gather", "reduce_scatter"}) {
+      auto run_once = [&] {
+        if (op == "all_reduce") comm->all_reduce(full);
+        else if (op == "all_gather") comm->all_gather(shard, full);
+        else comm->reduce_scatter(full, shard);
+      };
+      run_once();  // warm-up (connections, page faults)
+      comm->barrier();
+      std::vector<double> times;
+      for (int i = 0; i < iters; ++i) {
+        Timer t;
+        run_once();
+        times.push_back(t.seconds());
+      }
+      std::sort(times.begin(), times.end());
+      results.push_back({op, numel * 4, times[times.size() / 2]});
+    }
+  }
+
+  if (env.rank == 0) {
+    std::printf("kolos bench comm: %d ranks (%s), Gloo over %s\n", n, env.launcher.c_str(), env.master_addr.c_str());
+    std::printf("%-15s %12s %12s %12s %12s\n", "op", "bytes", "time_us", "algbw_GB/s", "busbw_GB/s");
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& r : results) {
+      const double algbw = r.bytes / r.seconds / 1e9;
+      const double busbw = algbw * bus_factor(r.op, n);
+      std::printf("%-15s %12ld %12.1f %12.3f %12.3f\n", r.op.c_str(), r.bytes, r.seconds * 1e6, algbw, busbw);
+      rows.push_back({{"op", r.op}, {"bytes", r.bytes}, {"time_us", r.seconds * 1e6}, {"algbw_gbps", algbw},
+                      {"busbw_gbps", busbw}});
+    }
+    std::printf("%s\n", nlohmann::json{{"world", n}, {"results", rows}}.dump().c_str());
+  }
+  comm->barrier();
+  return 0;
+}
+
+}  // namespace kolos::dist
