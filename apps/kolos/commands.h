@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "kolos/core/cli.h"
+
 namespace kolos::app {
 
 int train_main(int argc, char** argv);
@@ -13,8 +15,6 @@ int plot_main(int argc, char** argv);
 int bench_main(int argc, char** argv);
 int run_main(int argc, char** argv);
 
-// Parses argv with CLI11. Returns false when --help was printed (the command then returns 0); a parse error
-// becomes an InputError naming the flag.
-bool parse_args(CLI::App& app, int argc, char** argv);
+using kolos::parse_args;
 
 }  // namespace kolos::app

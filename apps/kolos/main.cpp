@@ -12,25 +12,6 @@
 #include "kolos/core/error.h"
 #include "kolos/train/gemm_bench.h"
 
-namespace kolos::app {
-
-bool parse_args(CLI::App& app, int argc, char** argv) {
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    app.exit(e);
-    return false;
-  } catch (const CLI::CallForAllHelp& e) {
-    app.exit(e);
-    return false;
-  } catch (const CLI::ParseError& e) {
-    throw InputError(fmt::format("kolos {}: {} (see kolos {} --help)", app.get_name(), e.what(), app.get_name()));
-  }
-  return true;
-}
-
-}  // namespace kolos::app
-
 namespace {
 
 const char* kUsage =

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "kolos/core/cli.h"
 #include "kolos/core/error.h"
 #include "kolos/core/timer.h"
 #include "kolos/core/units.h"
@@ -32,20 +33,13 @@ double bus_factor(const std::string& op, int n) {
 int bench_comm_main(int argc, char** argv) {
   CLI::App app{"Bandwidth of all-reduce, all-gather and reduce-scatter over the world group. Run it under a "
                "launcher: kolos run -n 2 -- kolos bench comm",
-               "comm"};
+               "bench comm"};
   std::string min_text = "1KiB", max_text = "256MiB";
   double timeout_s = 120;
   app.add_option("--min-size", min_text, "smallest message (default 1KiB)");
   app.add_option("--max-size", max_text, "largest message (default 256MiB)");
   app.add_option("--timeout", timeout_s, "seconds a peer may stay silent (default 120)")->check(CLI::PositiveNumber);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    app.exit(e);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    throw InputError(fmt::format("kolos bench comm: {} (see kolos bench comm --help)", e.what()));
-  }
+  if (!parse_args(app, argc, argv)) return 0;
   const int64_t min_bytes = parse_bytes(min_text, "--min-size");
   const int64_t max_bytes = parse_bytes(max_text, "--max-size");
   KOLOS_CHECK(min_bytes >= 4 && min_bytes <= max_bytes, "--min-size / --max-size: expected 4 B <= min <= max, got {} and {}",

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kolos/config/config.h"
+#include "kolos/core/cli.h"
 #include "kolos/core/error.h"
 #include "kolos/core/units.h"
 #include "kolos/train/gemm_bench.h"
@@ -51,7 +52,7 @@ nlohmann::json run_json_command(const std::string& command) {
 
 int bench_train_main(int argc, char** argv) {
   CLI::App app{"Time training steps (default: GPT-2-small shapes, sequence 256, batch 4, fp32, synthetic tokens).",
-               "train"};
+               "bench train"};
   std::string config_name;
   std::vector<std::string> overrides;
   int64_t steps = 10, warmup = 2;
@@ -61,14 +62,7 @@ int bench_train_main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed steps (default 10)")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first (default 2)")->check(CLI::NonNegativeNumber);
   app.add_flag("--pytorch", pytorch, "also run bench/pytorch_train.py (PyTorch eager, same shapes) and compare");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    app.exit(e);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    throw InputError(fmt::format("kolos bench train: {} (see kolos bench train --help)", e.what()));
-  }
+  if (!parse_args(app, argc, argv)) return 0;
 
   std::vector<std::string> sets = {"model.seq_len=256", "train.batch_size=4", "data.synthetic=true",
                                    "train.grad_accum=1", "optim.warmup_steps=0", "optim.lr=1e-4", "optim.min_lr=1e-5"};
