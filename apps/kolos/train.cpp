@@ -2,6 +2,7 @@
 #include "apps/kolos/commands.h"
 #include "kolos/config/config.h"
 #include "kolos/core/error.h"
+#include "kolos/dist/env.h"
 #include "kolos/train/trainer.h"
 
 namespace kolos::app {
@@ -23,7 +24,9 @@ int train_main(int argc, char** argv) {
 
   std::optional<std::string> source;
   if (!config_name.empty()) source = config_name;
-  Config config = load_config(source, overrides);
+  // With more than one process (kolos run, torchrun, mpirun, srun) the layout is checked against the world size.
+  const dist::DistEnv env = dist::read_dist_env();
+  Config config = load_config(source, overrides, env.world_size);
   train::RunOptions options;
   if (out_dir.empty()) {
     std::string stem = config_name.empty() ? "tiny" : config_name;
@@ -36,7 +39,7 @@ int train_main(int argc, char** argv) {
   options.out_dir = out_dir;
   options.resume = resume;
   options.stop_after = stop_after;
-  train::Trainer trainer(std::move(config), options);
+  train::Trainer trainer(std::move(config), options, env);
   trainer.train();
   return 0;
 }

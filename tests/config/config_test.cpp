@@ -60,7 +60,9 @@ TEST(Config, UnknownKeysAndBadValuesNameTheCulprit) {
   EXPECT_NE(error_of([] { load_config("tiny", {"memory.budget=lots"}); }).find("memory.budget"), std::string::npos);
   EXPECT_NE(error_of([] { load_config("tiny", {"stepsonly"}); }).find("stepsonly"), std::string::npos);
   EXPECT_NE(error_of([] { load_config("no/such/file.toml", {}); }).find("no/such/file.toml"), std::string::npos);
-  EXPECT_NE(error_of([] { load_config("tiny", {"parallel.tp=2"}); }).find("parallel.tp"), std::string::npos);
+  // dp = 0 derives world / (pp sp tp): impossible when that is not whole.
+  EXPECT_NE(error_of([] { load_config("tiny", {"parallel.tp=2"}); }).find("parallel.dp"), std::string::npos);
+  EXPECT_EQ(load_config("tiny", {"parallel.tp=2"}, 4).parallel.dp, 2);
 }
 
 TEST(Config, GlobalBatchDerivesGradAccumAndRejectsInconsistency) {

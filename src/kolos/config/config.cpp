@@ -48,6 +48,8 @@ void for_each_key(Config& c, F&& f) {
   f("train", "keep_checkpoints", t.keep_checkpoints);
   f("train", "activation_checkpointing", t.activation_checkpointing);
   f("train", "threads", t.threads);
+  f("train", "mfu", t.mfu);
+  f("train", "trace_comm", t.trace_comm);
   f("train", "sample_tokens", t.sample_tokens);
   f("train", "sample_prompt", t.sample_prompt);
   auto& o = c.optim;
@@ -201,7 +203,7 @@ void apply_override(Config& cfg, const std::string& assignment) {
   }
 }
 
-void validate(Config& cfg) {
+void validate(Config& cfg, int64_t world_size) {
   auto& m = cfg.model;
   check_one_of<std::string>(m.arch, {"gpt2", "llama"}, "model.arch");
   KOLOS_CHECK(m.layers >= 1, "config key model.layers: expected >= 1, got {}", m.layers);
@@ -274,14 +276,16 @@ void validate(Config& cfg) {
   for (auto [key, v] : {std::pair<const char*, int64_t>{"parallel.tp", p.tp}, {"parallel.sp", p.sp},
                         {"parallel.pp", p.pp}, {"parallel.tp_depth", p.tp_depth}, {"parallel.pp_virtual", p.pp_virtual}})
     KOLOS_CHECK(v >= 1, "config key {}: expected >= 1, got {}", key, v);
-  // One process: the distributed runtime (issue 3 onwards) fills these slots.
-  if (p.dp == 0) p.dp = 1;
-  for (auto [key, v] : {std::pair<const char*, int64_t>{"parallel.dp", p.dp}, {"parallel.tp", p.tp},
-                        {"parallel.sp", p.sp}, {"parallel.pp", p.pp}})
-    KOLOS_CHECK(v == 1, "config key {}: {} > 1 is not yet supported (this build trains on one process); use 1", key, v);
-  KOLOS_CHECK(p.zero == 0 && !p.megatron_sp,
-              "config keys parallel.zero / parallel.megatron_sp: not yet supported on one process; use 0 / false");
-
+  // dp = 0 derives from the world size; whether the degrees fit the world and the model, and which modes are
+  // supported, is the Plan's check (parallel/plan.h).
+  if (p.dp == 0) {
+    const int64_t others = p.pp * p.sp * p.tp;
+    KOLOS_CHECK(world_size % others == 0,
+                "config key parallel.dp = 0 derives dp = world / (pp x sp x tp) = {} / {}, which is not a whole "
+                "number: choose pp, sp, tp whose product divides the number of processes",
+                world_size, others);
+    p.dp = world_size / others;
+  }
   if (t.global_batch > 0) {
     const int64_t per_step = t.batch_size * p.dp;
     KOLOS_CHECK(t.global_batch % per_step == 0,
@@ -323,7 +327,8 @@ std::string dump_toml(const Config& cfg_in) {
   return out;
 }
 
-Config load_config(const std::optional<std::string>& recipe_or_path, const std::vector<std::string>& overrides) {
+Config load_config(const std::optional<std::string>& recipe_or_path, const std::vector<std::string>& overrides,
+                   int64_t world_size) {
   Config cfg;
   const std::string source = recipe_or_path.value_or("tiny");
   if (auto text = recipe_text(source)) {
@@ -340,7 +345,7 @@ Config load_config(const std::optional<std::string>& recipe_or_path, const std::
     apply_toml(cfg, ss.str(), source);
   }
   for (const auto& o : overrides) apply_override(cfg, o);
-  validate(cfg);
+  validate(cfg, world_size);
   return cfg;
 }
 

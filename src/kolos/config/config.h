@@ -47,7 +47,9 @@ struct TrainConfig {
   int64_t save_every = 500;    // 0 = only at the end
   int64_t keep_checkpoints = 2;  // newest complete checkpoints kept (0 = all)
   std::string activation_checkpointing = "none";
-  int64_t threads = 0;         // intra-op threads, 0 = all cores
+  int64_t threads = 0;         // intra-op threads per process, 0 = the cores divided among this machine's ranks
+  bool mfu = true;             // measure the fp32 GEMM rate at start (about a second) for the mfu metric
+  bool trace_comm = false;     // add each logged step's collectives with timestamps to metrics.jsonl
   int64_t sample_tokens = 400; // tokens generated at the end of training (0 = none)
   std::string sample_prompt = "\n";
 };
@@ -110,15 +112,18 @@ struct Config {
 };
 
 // Builds the configuration from an optional recipe name or TOML path and `section.key=value` overrides, then
-// validates it. Throws InputError naming the bad key, value, or file.
-Config load_config(const std::optional<std::string>& recipe_or_path, const std::vector<std::string>& overrides);
+// validates it for a run of `world_size` processes. Throws InputError naming the bad key, value, or file.
+Config load_config(const std::optional<std::string>& recipe_or_path, const std::vector<std::string>& overrides,
+                   int64_t world_size = 1);
 
 // Parses TOML text (a recipe or a saved config.toml) onto `cfg`; `origin` names the source in errors.
 void apply_toml(Config& cfg, const std::string& toml_text, const std::string& origin);
 // Applies one `section.key=value` override.
 void apply_override(Config& cfg, const std::string& assignment);
-// Checks ranges and cross-key rules (single-process scope: world size 1). Throws InputError.
-void validate(Config& cfg);
+// Checks ranges and cross-key rules, and derives parallel.dp = 0 as world_size / (pp x sp x tp) and
+// train.grad_accum from train.global_batch. Whether the layout fits the world and the model is parallel::make_plan's
+// check. Throws InputError.
+void validate(Config& cfg, int64_t world_size = 1);
 
 // The resolved configuration as TOML, every key present (written to RUN_DIR/config.toml and to checkpoints).
 std::string dump_toml(const Config& cfg);

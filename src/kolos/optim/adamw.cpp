@@ -1,30 +1,38 @@
 #include "kolos/optim/adamw.h"
 
 #include <cmath>
-#include <map>
-
-#include <fmt/ranges.h>
 
 #include "kolos/core/error.h"
 #include "kolos/optim/adamw_kernel.h"
 
 namespace kolos::optim {
 
-AdamW::AdamW(const OptimConfig& config, at::Tensor params, at::Tensor grads, std::vector<FlatSlot> slots)
-    : config_(config), params_(std::move(params)), grads_(std::move(grads)), slots_(std::move(slots)) {
-  KOLOS_ASSERT(params_.dim() == 1 && params_.sizes() == grads_.sizes() && params_.scalar_type() == at::kFloat,
-               "AdamW needs flat fp32 buffers of equal length");
-  exp_avg_ = at::zeros_like(params_);
-  exp_avg_sq_ = at::zeros_like(params_);
-  // Contiguous runs with one weight decay; the padding between slots rides along (it is zero and stays zero).
-  for (const auto& s : slots_) {
-    const double wd = s.decay ? config_.weight_decay : 0.0;
-    if (!runs_.empty() && runs_.back().weight_decay == wd) {
-      runs_.back().numel = s.offset + s.numel - runs_.back().offset;
+std::vector<Piece> pieces_for_slots(const std::vector<FlatSlot>& slots, double weight_decay) {
+  std::vector<Piece> pieces;
+  for (const auto& s : slots) {
+    const double wd = s.decay ? weight_decay : 0.0;
+    if (!pieces.empty() && pieces.back().weight_decay == wd) {
+      pieces.back().numel = s.offset + s.numel - pieces.back().param_offset;
     } else {
-      runs_.push_back({s.offset, s.numel, wd});
+      pieces.push_back({s.offset, s.offset, s.offset, s.numel, wd});
     }
   }
+  return pieces;
+}
+
+AdamW::AdamW(const OptimConfig& config, at::Tensor params, at::Tensor grads, int64_t state_numel,
+             std::vector<Piece> pieces)
+    : config_(config), params_(std::move(params)), grads_(std::move(grads)), pieces_(std::move(pieces)) {
+  KOLOS_ASSERT(params_.dim() == 1 && grads_.dim() == 1 && params_.scalar_type() == at::kFloat &&
+                   grads_.scalar_type() == at::kFloat && params_.is_contiguous() && grads_.is_contiguous(),
+               "AdamW needs contiguous flat fp32 buffers");
+  exp_avg_ = at::zeros({state_numel}, at::kFloat);
+  exp_avg_sq_ = at::zeros({state_numel}, at::kFloat);
+  for (const auto& p : pieces_)
+    KOLOS_ASSERT(p.numel >= 0 && p.param_offset >= 0 && p.param_offset + p.numel <= params_.numel() &&
+                     p.grad_offset >= 0 && p.grad_offset + p.numel <= grads_.numel() && p.state_offset >= 0 &&
+                     p.state_offset + p.numel <= state_numel,
+                 "AdamW piece out of its buffers");
 }
 
 void AdamW::step(double lr, double grad_scale) {
@@ -41,33 +49,10 @@ void AdamW::step(double lr, double grad_scale) {
   const float* g = grads_.data_ptr<float>();
   float* m = exp_avg_.data_ptr<float>();
   float* v = exp_avg_sq_.data_ptr<float>();
-  for (const auto& r : runs_) {
+  for (const auto& r : pieces_) {
     a.weight_decay = static_cast<float>(r.weight_decay);
-    adamw_step_fp32(p + r.offset, g + r.offset, m + r.offset, v + r.offset, r.numel, a);
+    adamw_step_fp32(p + r.param_offset, g + r.grad_offset, m + r.state_offset, v + r.state_offset, r.numel, a);
   }
-}
-
-std::vector<std::pair<std::string, at::Tensor>> AdamW::state_tensors() const {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& s : slots_) {
-    out.emplace_back("exp_avg." + s.name, exp_avg_.narrow(0, s.offset, s.numel).view(s.shape));
-    out.emplace_back("exp_avg_sq." + s.name, exp_avg_sq_.narrow(0, s.offset, s.numel).view(s.shape));
-  }
-  return out;
-}
-
-void AdamW::load_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors, int64_t step_count) {
-  std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
-  for (auto& [name, dst] : state_tensors()) {
-    auto it = by_name.find(name);
-    KOLOS_CHECK(it != by_name.end(), "optimizer state: tensor {} is missing", name);
-    KOLOS_CHECK(it->second.sizes() == dst.sizes() && it->second.scalar_type() == at::kFloat,
-                "optimizer state: tensor {} has shape {} ({}), expected {} (float32)", name,
-                fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()),
-                fmt::join(dst.sizes(), "x"));
-    dst.copy_(it->second);
-  }
-  step_count_ = step_count;
 }
 
 }  // namespace kolos::optim

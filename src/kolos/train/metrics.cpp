@@ -55,9 +55,11 @@ std::string format_duration(double s) {
   return fmt::format("{}s", t);
 }
 
-Progress::Progress(int64_t total_steps) : total_(total_steps), tty_(::isatty(STDOUT_FILENO) != 0) {}
+Progress::Progress(int64_t total_steps, bool enabled)
+    : total_(total_steps), tty_(::isatty(STDOUT_FILENO) != 0), enabled_(enabled) {}
 
 void Progress::update(int64_t step, double loss, double lr, double tokens_per_s, double eta_s) {
+  if (!enabled_) return;
   const std::string rate = tokens_per_s >= 1e3 ? fmt::format("{:.1f}k", tokens_per_s / 1e3)
                                                : fmt::format("{:.0f}", tokens_per_s);
   const std::string line = fmt::format("step {}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | ETA {}", step, total_,
@@ -72,6 +74,7 @@ void Progress::update(int64_t step, double loss, double lr, double tokens_per_s,
 }
 
 void Progress::message(const std::string& text) {
+  if (!enabled_) return;
   if (dirty_) std::printf("\r\033[K");
   std::printf("%s\n", text.c_str());
   dirty_ = false;

@@ -25,7 +25,8 @@ class MetricsWriter {
 // is redrawn in place; otherwise printed as a line each time.
 class Progress {
  public:
-  explicit Progress(int64_t total_steps);
+  // A disabled Progress prints nothing (ranks other than 0).
+  explicit Progress(int64_t total_steps, bool enabled = true);
   void update(int64_t step, double loss, double lr, double tokens_per_s, double eta_s);
   // Prints a message on its own line (clearing the progress line first on a terminal).
   void message(const std::string& text);
@@ -34,6 +35,7 @@ class Progress {
  private:
   int64_t total_;
   bool tty_;
+  bool enabled_;
   bool dirty_ = false;
 };
 

@@ -16,6 +16,9 @@
 #include "kolos/core/log.h"
 #include "kolos/core/timer.h"
 #include "kolos/core/units.h"
+#include "kolos/dist/iface.h"
+#include "kolos/dist/rendezvous.h"
+#include "kolos/nn/param.h"
 #include "kolos/optim/schedule.h"
 #include "kolos/train/gemm_bench.h"
 #include "kolos/train/generate.h"
@@ -29,21 +32,45 @@ std::atomic<int> g_stop_signal{0};
 
 namespace {
 
-constexpr int64_t kAlign = 16;  // floats: 64 bytes
-
 void on_signal(int sig) { g_stop_signal.store(sig); }
 
-int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+// total += part, for the nested {axis: {op: {phase: {calls, bytes}}}} objects of Ledger::to_json().
+void add_comm(nlohmann::json& total, const nlohmann::json& part) {
+  for (const auto& [axis, ops] : part.items())
+    for (const auto& [op, phases] : ops.items())
+      for (const auto& [phase, counts] : phases.items()) {
+        auto& t = total[axis][op][phase];
+        if (t.is_null()) t = {{"calls", 0}, {"bytes", 0}};
+        t["calls"] = t.value("calls", int64_t{0}) + counts.at("calls").get<int64_t>();
+        t["bytes"] = t.value("bytes", int64_t{0}) + counts.at("bytes").get<int64_t>();
+      }
+}
 
 }  // namespace
 
-int configure_threads(int64_t threads) {
-  const int n = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::thread::hardware_concurrency());
+int configure_threads(int64_t threads, int local_ranks) {
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  const int n = threads > 0 ? static_cast<int>(threads) : cores / std::max(1, local_ranks);
   at::set_num_threads(std::max(1, n));
   return at::get_num_threads();
 }
 
-Trainer::Trainer(Config config, RunOptions options) : config_(std::move(config)), options_(std::move(options)) {
+Trainer::Trainer(Config config, RunOptions options, dist::DistEnv env)
+    : config_(std::move(config)), options_(std::move(options)), env_(std::move(env)) {
+  plan_ = parallel::make_plan(config_, env_.world_size);
+  if (env_.world_size > 1) {
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config_.dist.timeout_s * 1000));
+    dist::Comm::Options co;
+    co.timeout = timeout;
+    co.iface = dist::resolve_gloo_interface(config_.dist.iface, env_.master_addr, env_.master_port);
+    auto store = dist::connect_store(env_, timeout);
+    mesh_ = dist::Mesh::create(store, env_.rank, env_.world_size,
+                               dist::MeshShape{plan_.pp, plan_.dp, plan_.sp, plan_.tp}, co);
+    ledger_ = &mesh_->ledger();
+  } else {
+    own_ledger_ = std::make_unique<dist::Ledger>();
+    ledger_ = own_ledger_.get();
+  }
   model_ = models::Model::create(config_.model);
   data::LoaderOptions lo;
   lo.path = config_.data.path;
@@ -52,35 +79,23 @@ Trainer::Trainer(Config config, RunOptions options) : config_(std::move(config))
   lo.seq_len = config_.model.seq_len;
   lo.batch_size = config_.train.batch_size;
   lo.grad_accum = config_.train.grad_accum;
-  lo.dp = config_.parallel.dp;
-  lo.dp_rank = 0;
+  lo.dp = plan_.dp;
+  lo.dp_rank = mesh_ ? mesh_->coord("dp") : 0;
   lo.seed = config_.train.seed;
   loader_ = std::make_unique<data::Loader>(lo);
-  build_flat_buffers();
+  par_ = parallel::apply(*model_, config_, plan_, mesh_.get());
 }
 
-void Trainer::build_flat_buffers() {
-  const auto specs = model_->param_specs();
-  int64_t total = 0;
-  for (const auto& s : specs) {
-    const bool decay = s.is_embedding ? config_.optim.decay_embeddings
-                                      : (s.decay || config_.optim.decay_norms_biases);
-    slots_.push_back({s.name, total, s.shape, s.numel(), decay});
-    total = align_up(total + s.numel());
-  }
-  flat_params_ = at::zeros({total}, at::kFloat);
-  flat_grads_ = at::zeros({total}, at::kFloat);
-  std::vector<at::Tensor> views;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const auto& slot = slots_[i];
-    at::Tensor p = flat_params_.narrow(0, slot.offset, slot.numel).view(slot.shape);
-    p.copy_(nn::init_param(specs[i], config_.train.seed));
-    p.set_requires_grad(true);
-    p.mutable_grad() = flat_grads_.narrow(0, slot.offset, slot.numel).view(slot.shape);
-    views.push_back(p);
-  }
-  model_->bind_params(std::move(views));
-  optimizer_ = std::make_unique<optim::AdamW>(config_.optim, flat_params_, flat_grads_, slots_);
+Trainer::~Trainer() {
+  par_.data.reset();  // waits for its collectives before the mesh goes
+}
+
+void Trainer::all_reduce_dp(at::Tensor& values, dist::ReduceOp op) {
+  if (mesh_ && plan_.dp > 1) mesh_->comm("dp").all_reduce(values, op);
+}
+
+void Trainer::all_reduce_world(at::Tensor& values, dist::ReduceOp op) {
+  if (mesh_) mesh_->world().all_reduce(values, op);
 }
 
 double Trainer::flops_per_token() const {
@@ -91,38 +106,53 @@ double Trainer::flops_per_token() const {
 
 StepResult Trainer::train_step(int64_t step) {
   StepResult r;
+  r.step_start = std::chrono::steady_clock::now();
   Timer step_timer;
   const int64_t accum = config_.train.grad_accum;
+  auto& dp = *par_.data;
   model_->set_training(true);
 
-  // 1. Fetch this step's micro-batches (the sampler fixes them from (seed, step)).
+  // 1. Fetch this rank's micro-batches (the sampler fixes them from (seed, step, dp rank)).
   std::vector<data::Batch> micro;
   for (int64_t k = 0; k < accum; ++k) micro.push_back(loader_->train_batch(step, k));
 
-  // 2. Forward and backward per micro-batch; gradients accumulate in the flat buffer.
-  flat_grads_.zero_();
+  // 2. Forward and backward per micro-batch; the hooks launch the bucket reductions during backward.
+  // 3. end_micro() waits for them.
+  dp.begin_step();
   double loss_sum = 0;
-  for (const auto& b : micro) {
-    at::Tensor loss = model_->loss(b.input, b.target);
+  for (int64_t k = 0; k < accum; ++k) {
+    const auto& b = micro[k];
+    dp.begin_micro(k, accum);
+    at::Tensor loss;
+    {
+      dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kForward);
+      loss = model_->loss(b.input, b.target);
+    }
     loss_sum += loss.item<double>();
-    (accum > 1 ? loss / static_cast<double>(accum) : loss).backward();
-    r.tokens += b.input.numel();
+    {
+      dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kBackward);
+      r.backward_start = std::chrono::steady_clock::now();
+      (accum > 1 ? loss / static_cast<double>(accum) : loss).backward();
+      r.backward_end = std::chrono::steady_clock::now();
+      dp.end_micro();
+    }
+    r.tokens += b.input.numel() * plan_.dp;
   }
-  r.loss = loss_sum / static_cast<double>(accum);
+  at::Tensor loss_t = at::full({1}, loss_sum / static_cast<double>(accum), at::kDouble);
+  all_reduce_dp(loss_t, dist::ReduceOp::kAvg);
+  r.loss = loss_t.item<double>();
   r.fwd_bwd_ms = step_timer.ms();
-
-  // 3. Reduce gradients across data-parallel ranks: one process, nothing to do.
 
   // 4. Clip with the global norm (folded into the optimizer's gradient scale).
   Timer optim_timer;
-  r.grad_norm = flat_grads_.norm().item<double>();
+  r.grad_norm = dp.grad_norm();
   double scale = 1.0;
   if (config_.optim.grad_clip > 0 && r.grad_norm > config_.optim.grad_clip)
     scale = config_.optim.grad_clip / (r.grad_norm + 1e-6);
 
-  // 5. Optimizer step with this step's learning rate.
+  // 5. Optimizer step with this step's learning rate (ZeRO: on the shard, then the all-gather).
   r.lr = optim::lr_at(config_.optim, step, config_.train.steps);
-  optimizer_->step(r.lr, scale);
+  dp.optimizer_step(r.lr, scale);
   r.optim_ms = optim_timer.ms();
 
   // 6. Metrics.
@@ -134,41 +164,58 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
   at::NoGradGuard no_grad;
   model_->set_training(false);
   const int64_t n = batches > 0 ? batches : loader_->val_batches();
-  double nll = 0;
-  int64_t tokens = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  // The dp ranks split the batches and sum.
+  const int64_t rank = mesh_ ? mesh_->coord("dp") : 0;
+  double nll = 0, tokens = 0;
+  for (int64_t i = rank; i < n; i += plan_.dp) {
     data::Batch b = loader_->val_batch(i);
     at::Tensor loss = model_->loss(b.input, b.target);
     nll += loss.item<double>() * static_cast<double>(b.target.numel());
-    tokens += b.target.numel();
+    tokens += static_cast<double>(b.target.numel());
   }
   model_->set_training(true);
-  const double val_loss = nll / static_cast<double>(tokens);
+  at::Tensor sums = at::tensor({nll, tokens}, at::kDouble);
+  all_reduce_dp(sums, dist::ReduceOp::kSum);
+  const double val_loss = sums[0].item<double>() / sums[1].item<double>();
   const double bpb = val_loss / std::log(2.0) / loader_->val_bytes_per_token();
   return {val_loss, bpb};
 }
 
+void Trainer::seed_rng(int64_t step) {
+  // dp rank 0 draws like one process; the others from their own streams (dropout masks differ across samples).
+  const int64_t rank = mesh_ ? mesh_->coord("dp") : 0;
+  if (rank == 0 && step == 0) {
+    at::manual_seed(static_cast<uint64_t>(config_.train.seed));
+  } else {
+    at::manual_seed(nn::derive_seed(config_.train.seed, fmt::format("rng.dp_rank.{}.step.{}", rank, step)));
+  }
+}
+
 void Trainer::save(int64_t step_done) {
   checkpoint::CheckpointData d;
+  // Whole tensors, whatever the layout: every rank joins the gathers, rank 0 writes.
+  for (const auto& [name, t] : par_.data->optimizer_state()) d.optim[name] = t;
+  if (!is_rank0()) return;
   for (const auto& [name, t] : model_->params()) d.model[name] = t.detach();
-  for (const auto& [name, t] : optimizer_->state_tensors()) d.optim[name] = t;
   d.optim["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
   d.state = {{"step", step_done},
-             {"optimizer_steps", optimizer_->step_count()},
+             {"optimizer_steps", par_.data->optimizer_steps()},
              {"tokens", tokens_seen_},
              {"elapsed_s", elapsed_s_},
              {"data_cursor", step_done},
-             {"arch", config_.model.arch}};
+             {"arch", config_.model.arch},
+             {"layout", plan_.describe()},
+             {"world_size", env_.world_size}};
   d.config_toml = dump_toml(config_);
   checkpoint::save_checkpoint(options_.out_dir, d, config_.train.keep_checkpoints);
 }
 
 void Trainer::restore(const std::string& dir) {
   checkpoint::CheckpointData d = checkpoint::load_checkpoint(dir);
-  // The checkpoint must describe the same model.
+  // The checkpoint must describe the same model; the layout may differ (tensors are whole).
   Config saved;
   apply_toml(saved, d.config_toml, dir + "/config.toml");
-  validate(saved);
+  validate(saved, d.state.value("world_size", int64_t{1}));
   KOLOS_CHECK(dump_toml(Config{saved.model}) == dump_toml(Config{config_.model}),
               "--resume: checkpoint {} was written for a different [model] section than the current config", dir);
   at::NoGradGuard no_grad;
@@ -180,31 +227,82 @@ void Trainer::restore(const std::string& dir) {
     t.copy_(it->second);
   }
   std::vector<std::pair<std::string, at::Tensor>> state(d.optim.begin(), d.optim.end());
-  optimizer_->load_state(state, d.state.value("optimizer_steps", int64_t{0}));
-  auto rng = d.optim.find("rng.cpu");
-  KOLOS_CHECK(rng != d.optim.end(), "checkpoint {}: optim.safetensors lacks rng.cpu", dir);
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  gen.set_state(rng->second);
+  par_.data->load_optimizer_state(state, d.state.value("optimizer_steps", int64_t{0}));
   start_step_ = d.state["step"].get<int64_t>();
   tokens_seen_ = d.state.value("tokens", int64_t{0});
   elapsed_s_ = d.state.value("elapsed_s", 0.0);
+  auto rng = d.optim.find("rng.cpu");
+  KOLOS_CHECK(rng != d.optim.end(), "checkpoint {}: optim.safetensors lacks rng.cpu", dir);
+  if ((mesh_ ? mesh_->coord("dp") : 0) == 0) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    gen.set_state(rng->second);
+  } else {
+    seed_rng(start_step_);
+  }
+}
+
+nlohmann::json Trainer::comm_trace(const StepResult& r) const {
+  using us = std::chrono::microseconds;
+  auto rel = [&](std::chrono::steady_clock::time_point t) -> nlohmann::json {
+    if (t == std::chrono::steady_clock::time_point{}) return nullptr;
+    return std::chrono::duration_cast<us>(t - r.step_start).count();
+  };
+  nlohmann::json events = nlohmann::json::array();
+  for (const auto& e : ledger_->events())
+    events.push_back({{"axis", e.axis}, {"op", e.op}, {"phase", dist::phase_name(e.phase)}, {"bytes", e.bytes},
+                      {"start_us", rel(e.start)}, {"end_us", rel(e.end)}});
+  return {{"backward_start_us", rel(r.backward_start)},
+          {"first_block_grad_us", rel(par_.data->first_block_ready())},
+          {"backward_end_us", rel(r.backward_end)},
+          {"events", events}};
+}
+
+void Trainer::write_rank_report() {
+  if (!options_.write_run_dir) return;
+  const fs::path dir = fs::path(options_.out_dir) / "ranks";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  nlohmann::json buckets = nlohmann::json::array();
+  for (const auto& b : par_.data->buckets())
+    buckets.push_back({{"offset", b.offset}, {"numel", b.numel}, {"params", b.end_param - b.first_param}});
+  nlohmann::json report = {{"rank", env_.rank},
+                           {"world_size", env_.world_size},
+                           {"layout", plan_.describe()},
+                           {"dp", plan_.dp},
+                           {"zero", par_.data->zero()},
+                           {"dp_rank", mesh_ ? mesh_->coord("dp") : 0},
+                           {"params", model_->num_params()},
+                           {"held", par_.data->report().to_json()},
+                           {"bucket_list", buckets},
+                           {"comm", comm_total_}};
+  const fs::path path = dir / fmt::format("rank_{}.json", env_.rank);
+  const fs::path tmp = dir / fmt::format(".rank_{}.json.tmp", env_.rank);
+  std::ofstream(tmp) << report.dump(1) << "\n";
+  fs::rename(tmp, path, ec);
 }
 
 nlohmann::json Trainer::train() {
   const auto& t = config_.train;
-  const int threads = configure_threads(t.threads);
-  // The MFU denominator; measured before seeding, since it draws random matrices from the default generator.
-  GemmBenchOptions gemm_options;
-  gemm_options.warmup = 1;
-  gemm_options.repeats = 3;
-  gemm_options.bf16 = false;
-  const double peak_flops = run_gemm_bench(2048, threads, gemm_options).fp32_gflops * 1e9;
-  at::manual_seed(static_cast<uint64_t>(t.seed));
-  Progress progress(t.steps);
+  const bool rank0 = is_rank0();
+  const int threads = configure_threads(t.threads, env_.local_world_size);
+  // The MFU denominator, summed over the ranks (measured concurrently, as they train); measured before seeding,
+  // since it draws random matrices from the default generator.
+  double peak_flops = 0;
+  if (t.mfu) {
+    GemmBenchOptions gemm_options;
+    gemm_options.warmup = 1;
+    gemm_options.repeats = 3;
+    gemm_options.bf16 = false;
+    at::Tensor rate = at::full({1}, run_gemm_bench(2048, threads, gemm_options).fp32_gflops * 1e9, at::kDouble);
+    all_reduce_world(rate, dist::ReduceOp::kSum);
+    peak_flops = rate.item<double>();
+  }
+  seed_rng(0);
+  Progress progress(t.steps, rank0);
 
   if (options_.write_run_dir) {
     std::error_code ec;
-    fs::create_directories(options_.out_dir, ec);
+    if (rank0) fs::create_directories(options_.out_dir, ec);
     KOLOS_CHECK(!ec, "--out {}: cannot create the run directory: {}", options_.out_dir, ec.message());
     if (options_.resume) {
       if (auto latest = checkpoint::latest_checkpoint(options_.out_dir)) {
@@ -214,14 +312,16 @@ nlohmann::json Trainer::train() {
         progress.message(fmt::format("no checkpoint in {}: starting fresh", options_.out_dir));
       }
     }
-    std::ofstream(fs::path(options_.out_dir) / "config.toml") << dump_toml(config_);
+    if (rank0) std::ofstream(fs::path(options_.out_dir) / "config.toml") << dump_toml(config_);
   }
   std::optional<MetricsWriter> metrics;
-  if (options_.write_run_dir) metrics.emplace(options_.out_dir, start_step_);
+  if (options_.write_run_dir && rank0) metrics.emplace(options_.out_dir, start_step_);
 
   const double fpt = flops_per_token();
-  progress.message(fmt::format("model {}: {:.2f}M parameters, {} threads, batch {}x{}x{} of {} tokens", config_.model.arch,
-                               model_->num_params() / 1e6, threads, t.batch_size, t.grad_accum, config_.parallel.dp,
+  progress.message(fmt::format("model {}: {:.2f}M parameters; {} ({} process{}, {} threads each); batch {}x{}x{} of "
+                               "{} tokens",
+                               config_.model.arch, model_->num_params() / 1e6, plan_.describe(), env_.world_size,
+                               env_.world_size > 1 ? "es" : "", threads, t.batch_size, t.grad_accum, plan_.dp,
                                config_.model.seq_len));
 
   g_stop_signal.store(0);
@@ -234,6 +334,7 @@ nlohmann::json Trainer::train() {
   std::optional<std::pair<double, double>> last_eval;
   int64_t step = start_step_;
   int stop_signal = 0;
+  ledger_->reset();
   for (; step < end_step; ++step) {
     StepResult r = train_step(step);
     tokens_seen_ += r.tokens;
@@ -245,6 +346,9 @@ nlohmann::json Trainer::train() {
     const bool eval_now = t.eval_every > 0 && done % t.eval_every == 0 && done != t.steps;
     if (log_now || eval_now) {
       const double tps = window_tokens / std::max(window_s, 1e-9);
+      at::Tensor rss = at::full({1}, static_cast<double>(peak_rss_bytes()), at::kDouble);
+      all_reduce_world(rss, dist::ReduceOp::kMax);
+      const nlohmann::json comm = ledger_->to_json();
       nlohmann::json rec = {{"step", done},
                             {"loss", r.loss},
                             {"lr", r.lr},
@@ -252,9 +356,11 @@ nlohmann::json Trainer::train() {
                             {"tokens", tokens_seen_},
                             {"tokens_per_s", tps},
                             {"step_ms", r.step_ms},
-                            {"mfu", tps * fpt / peak_flops},
-                            {"peak_rss_mb", peak_rss_bytes() / 1048576.0},
-                            {"comm", nlohmann::json::object()}};
+                            {"mfu", peak_flops > 0 ? tps * fpt / peak_flops : 0.0},
+                            {"peak_rss_mb", rss.item<double>() / 1048576.0},
+                            {"comm", comm}};
+      if (t.trace_comm) rec["comm_trace"] = comm_trace(r);
+      add_comm(comm_total_, comm);
       if (eval_now) {
         last_eval = evaluate(t.eval_batches);
         rec["val_loss"] = last_eval->first;
@@ -262,6 +368,7 @@ nlohmann::json Trainer::train() {
         progress.message(fmt::format("step {}: val_loss {:.4f}, val_bpb {:.4f}", done, last_eval->first,
                                      last_eval->second));
       }
+      ledger_->reset();
       if (metrics) metrics->write(rec);
       const double steps_in_window = std::max<double>(1, window_tokens / static_cast<double>(r.tokens));
       progress.update(done, r.loss, r.lr, tps, (end_step - done) * window_s / steps_in_window);
@@ -273,7 +380,13 @@ nlohmann::json Trainer::train() {
       run_timer.reset();
       save(done);
     }
-    if ((stop_signal = g_stop_signal.load()) != 0) {
+    // Every rank stops at the same step: a signal seen by any rank stops all.
+    at::Tensor stop = at::full({1}, static_cast<double>(g_stop_signal.load()), at::kDouble);
+    if (mesh_) {
+      dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
+      all_reduce_world(stop, dist::ReduceOp::kMax);
+    }
+    if ((stop_signal = static_cast<int>(stop.item<double>())) != 0) {
       ++step;
       break;
     }
@@ -282,15 +395,20 @@ nlohmann::json Trainer::train() {
   progress.finish();
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);
+  add_comm(comm_total_, ledger_->to_json());
+  ledger_->reset();
 
   const bool finished = step >= t.steps;
   if (options_.write_run_dir) save(step);
+  write_rank_report();
   if (stop_signal != 0) {
     progress.message(fmt::format("stopped by signal {} at step {}; checkpoint written, resume with --resume",
                                  stop_signal, step));
     throw Interrupted(128 + stop_signal);
   }
 
+  at::Tensor rss = at::full({1}, static_cast<double>(peak_rss_bytes()), at::kDouble);
+  all_reduce_world(rss, dist::ReduceOp::kMax);
   nlohmann::json summary = {{"steps", step},
                             {"finished", finished},
                             {"loss", last_loss},
@@ -298,7 +416,9 @@ nlohmann::json Trainer::train() {
                             {"tokens_per_s", tokens_seen_ / std::max(elapsed_s_, 1e-9)},
                             {"elapsed_s", elapsed_s_},
                             {"params", model_->num_params()},
-                            {"peak_rss_mb", peak_rss_bytes() / 1048576.0}};
+                            {"world_size", env_.world_size},
+                            {"layout", plan_.describe()},
+                            {"peak_rss_mb", rss.item<double>() / 1048576.0}};
   if (finished && options_.final_eval) {
     auto [vl, bpb] = evaluate(t.eval_batches);
     summary["val_loss"] = vl;
@@ -313,7 +433,7 @@ nlohmann::json Trainer::train() {
     }
     progress.message(fmt::format("final: val_loss {:.4f}, val_bpb {:.4f}", vl, bpb));
   }
-  if (finished && t.sample_tokens > 0 && !config_.data.synthetic) {
+  if (finished && t.sample_tokens > 0 && !config_.data.synthetic && rank0) {
     auto tokenizer = data::load_tokenizer(config_.data.path);
     SampleOptions so;
     so.tokens = t.sample_tokens;
@@ -326,8 +446,10 @@ nlohmann::json Trainer::train() {
     progress.message("sample:\n" + text + "\n");
   }
   if (options_.write_run_dir) summary["run_dir"] = options_.out_dir;
-  std::printf("%s\n", summary.dump().c_str());
-  std::fflush(stdout);
+  if (rank0) {
+    std::printf("%s\n", summary.dump().c_str());
+    std::fflush(stdout);
+  }
   return summary;
 }
 

@@ -1,0 +1,49 @@
+#include "kolos/parallel/apply.h"
+
+#include "kolos/core/error.h"
+
+namespace kolos::parallel {
+
+namespace {
+
+// Slot 1 (issue 5): tensor and sequence sharding.
+void apply_tensor_sequence(models::Model& /*model*/, const Plan& plan, const dist::Mesh* /*mesh*/) {
+  KOLOS_CHECK(plan.tp == 1 && plan.sp == 1 && !plan.megatron_sp,
+              "parallel.tp / parallel.sp / parallel.megatron_sp: tensor and sequence parallelism are not yet supported");
+}
+
+// Slot 2 (issue 7): activation checkpointing.
+void apply_activation_checkpointing(models::Model& /*model*/, const Config& config) {
+  KOLOS_CHECK(config.train.activation_checkpointing == "none",
+              "train.activation_checkpointing = \"{}\": not yet supported; use \"none\"",
+              config.train.activation_checkpointing);
+}
+
+// Slot 3 (issue 6): pipeline split.
+void apply_pipeline(models::Model& /*model*/, const Plan& plan) {
+  KOLOS_CHECK(plan.pp == 1, "parallel.pp = {}: pipeline parallelism is not yet supported", plan.pp);
+}
+
+// Slot 4: data parallel and ZeRO (stage 3 chunks: issue 4).
+std::unique_ptr<DataParallel> apply_data_parallel(models::Model& model, const Config& config, const Plan& plan,
+                                                  const dist::Mesh* mesh) {
+  KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported", plan.zero);
+  dist::Comm* dp = mesh ? &mesh->comm("dp") : nullptr;
+  return std::make_unique<DataParallel>(model, config, plan, dp);
+}
+
+}  // namespace
+
+Parallelized apply(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh) {
+  KOLOS_ASSERT(mesh ? mesh->world_size() == plan.world : plan.world == 1,
+               "parallel::apply: the plan is for {} processes, the mesh has {}", plan.world,
+               mesh ? mesh->world_size() : 1);
+  Parallelized out;
+  apply_tensor_sequence(model, plan, mesh);
+  apply_activation_checkpointing(model, config);
+  apply_pipeline(model, plan);
+  out.data = apply_data_parallel(model, config, plan, mesh);
+  return out;
+}
+
+}  // namespace kolos::parallel

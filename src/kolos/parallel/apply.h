@@ -1,0 +1,30 @@
+// parallel::apply — the one entry that parallelises a model written as single-device code (DESIGN "Model once,
+// parallelised from outside"). It applies, in this fixed order, one slot per technique:
+//   1. tensor / sequence sharding: fills each Linear's sharding slot and wraps attention   (issue 5; refused now)
+//   2. activation checkpointing                                                           (issue 7; refused now)
+//   3. pipeline split                                                                     (issue 6; refused now)
+//   4. data parallel, ZeRO-1/2 (parallel/data/data_parallel.h); ZeRO-3 chunks             (issue 4; refused now)
+// Later issues fill their slot and lift their rule in make_plan(); nothing else changes. A layer's forward never
+// mentions ranks: every slot works from outside the model.
+#pragma once
+
+#include <memory>
+
+#include "kolos/config/config.h"
+#include "kolos/dist/mesh.h"
+#include "kolos/models/model.h"
+#include "kolos/parallel/data/data_parallel.h"
+#include "kolos/parallel/plan.h"
+
+namespace kolos::parallel {
+
+// What apply() built around the model; the trainer drives it.
+struct Parallelized {
+  std::unique_ptr<DataParallel> data;  // owns the parameters, gradients and optimizer of this rank
+};
+
+// `mesh` is null for one process. The plan must come from make_plan() with the mesh's world size. Parameters are
+// initialised from (config.train.seed, name) on their global shapes, so every layout starts from the same weights.
+Parallelized apply(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh);
+
+}  // namespace kolos::parallel

@@ -1,0 +1,350 @@
+#include "kolos/parallel/data/data_parallel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include <fmt/ranges.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include "kolos/core/error.h"
+
+namespace kolos::parallel {
+
+namespace {
+
+constexpr int64_t kAlign = 16;  // floats: 64 bytes
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+bool in_first_block(const std::string& name) { return name.rfind("h.0.", 0) == 0 || name.rfind("layers.0.", 0) == 0; }
+
+}  // namespace
+
+nlohmann::json ShardReport::to_json() const {
+  return {{"flat_numel", flat_numel}, {"param_numel", param_numel}, {"grad_numel", grad_numel},
+          {"optim_numel", optim_numel}, {"buckets", buckets}};
+}
+
+// Runs after the parameter's AccumulateGrad node: the parameter's gradient for this backward is complete.
+class DataParallel::ReadyHook : public torch::autograd::FunctionPostHook {
+ public:
+  ReadyHook(DataParallel* owner, int param) : owner_(owner), param_(param) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    owner_->on_grad_ready(param_);
+    return outputs;
+  }
+
+ private:
+  DataParallel* owner_;
+  int param_;
+};
+
+DataParallel::DataParallel(models::Model& model, const Config& config, const Plan& plan,
+                           dist::Comm* dp_comm)
+    : model_(model), config_(config), comm_(dp_comm) {
+  if (comm_ && comm_->size() > 1) {
+    dp_ = comm_->size();
+    rank_ = comm_->rank();
+    zero_ = plan.zero;
+  }
+  KOLOS_ASSERT(dp_ == plan.dp || dp_ == 1, "the dp Comm has {} ranks, the plan {}", dp_, plan.dp);
+  const auto specs = model_.param_specs();
+  build_layout(specs);
+
+  const int64_t total = buckets_.empty() ? 0 : buckets_.back().offset + buckets_.back().numel;
+  flat_params_ = at::zeros({total}, at::kFloat);
+  if (zero_ < 2) flat_grads_ = at::zeros({total}, at::kFloat);
+  shard_numel_ = total / dp_;
+  if (zero_ == 2) grad_shard_ = at::zeros({shard_numel_}, at::kFloat);
+
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& slot = slots_[i];
+    at::Tensor p = flat_params_.narrow(0, slot.offset, slot.numel).view(slot.shape);
+    p.copy_(nn::init_param(specs[i], config_.train.seed));
+    p.set_requires_grad(true);
+    if (zero_ < 2) p.mutable_grad() = flat_grads_.narrow(0, slot.offset, slot.numel).view(slot.shape);
+    params_.push_back(p);
+  }
+  model_.bind_params(params_);
+
+  // The hooks. The accumulator is held here: a parameter keeps only a weak reference to it.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto acc = torch::autograd::impl::grad_accumulator(params_[i]);
+    KOLOS_ASSERT(acc, "parameter {} has no gradient accumulator", slots_[i].name);
+    acc->add_post_hook(std::make_unique<ReadyHook>(this, static_cast<int>(i)));
+    accumulators_.push_back(std::move(acc));
+  }
+
+  // The optimizer's pieces: everything (zero 0), or this rank's chunk of every bucket.
+  const double wd = config_.optim.weight_decay;
+  std::vector<optim::Piece> pieces;
+  if (zero_ == 0) {
+    pieces = optim::pieces_for_slots(slots_, wd);
+    optimizer_ = std::make_unique<optim::AdamW>(config_.optim, flat_params_, flat_grads_, total, std::move(pieces));
+  } else {
+    for (const auto& b : buckets_) {
+      const int64_t lo = chunk_offset(b), hi = lo + b.numel / dp_;
+      for (int i = b.first_param; i < b.end_param; ++i) {
+        // The parameter's range extended over the padding after it (zero, updated harmlessly).
+        const int64_t start = slots_[i].offset;
+        const int64_t end = i + 1 < b.end_param ? slots_[i + 1].offset : b.offset + b.numel;
+        const int64_t s = std::max(start, lo), e = std::min(end, hi);
+        if (s >= e) continue;
+        const double piece_wd = slots_[i].decay ? wd : 0.0;
+        const int64_t state = b.shard_offset + (s - lo);
+        const int64_t grad = zero_ == 2 ? state : s;
+        optim::Piece* last = pieces.empty() ? nullptr : &pieces.back();
+        if (last && last->weight_decay == piece_wd && last->param_offset + last->numel == s &&
+            last->state_offset + last->numel == state && last->grad_offset + last->numel == grad) {
+          last->numel += e - s;
+        } else {
+          pieces.push_back({s, grad, state, e - s, piece_wd});
+        }
+      }
+    }
+    optimizer_ = std::make_unique<optim::AdamW>(config_.optim, flat_params_, zero_ == 2 ? grad_shard_ : flat_grads_,
+                                                 shard_numel_, std::move(pieces));
+  }
+}
+
+DataParallel::~DataParallel() {
+  try {
+    for (auto& p : in_flight_) p.handle.wait();
+  } catch (...) {
+    // A failed peer: the error was (or will be) reported by whoever waited first.
+  }
+  // The hooks point at this object. accumulators_ holds their only strong references (a parameter keeps a weak
+  // one), so they go with it: a later backward through the model builds fresh accumulators without hooks.
+}
+
+void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
+  const int n = static_cast<int>(specs.size());
+  KOLOS_ASSERT(n > 0, "a model without parameters");
+  const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(config_.parallel.bucket_mb * 1048576.0 / 4.0));
+  // Group from the last parameter backwards; a bucket closes once it reaches the cap.
+  std::vector<std::pair<int, int>> ranges;  // [first, end)
+  int end = n;
+  int64_t size = 0;
+  for (int i = n - 1; i >= 0; --i) {
+    size += round_up(specs[i].numel(), kAlign);
+    if (size >= cap || i == 0) {
+      ranges.emplace_back(i, end);
+      end = i;
+      size = 0;
+    }
+  }
+  std::reverse(ranges.begin(), ranges.end());  // flat order
+  int64_t offset = 0, shard = 0;
+  bucket_of_.assign(n, 0);
+  slots_.resize(n);
+  for (size_t b = 0; b < ranges.size(); ++b) {
+    Bucket bucket;
+    bucket.offset = offset;
+    bucket.first_param = ranges[b].first;
+    bucket.end_param = ranges[b].second;
+    int64_t pos = offset;
+    for (int i = bucket.first_param; i < bucket.end_param; ++i) {
+      const auto& s = specs[i];
+      const bool decay = s.is_embedding ? config_.optim.decay_embeddings
+                                        : (s.decay || config_.optim.decay_norms_biases);
+      slots_[i] = {s.name, pos, s.shape, s.numel(), decay};
+      bucket_of_[i] = static_cast<int>(b);
+      pos = round_up(pos + s.numel(), kAlign);
+    }
+    bucket.numel = round_up(pos - offset, kAlign * dp_);
+    bucket.shard_offset = shard;
+    shard += bucket.numel / dp_;
+    offset += bucket.numel;
+    buckets_.push_back(bucket);
+  }
+  is_first_block_.resize(n);
+  for (int i = 0; i < n; ++i) is_first_block_[i] = in_first_block(specs[i].name);
+}
+
+void DataParallel::begin_step() {
+  if (flat_grads_.defined()) flat_grads_.zero_();
+  if (grad_shard_.defined()) grad_shard_.zero_();
+  for (auto& p : params_)
+    if (zero_ == 2) p.mutable_grad().reset();
+}
+
+void DataParallel::begin_micro(int64_t micro, int64_t num_micro) {
+  // Reduce on the last micro-step only, except at zero 2 (every micro-step: gradients stay sharded). One rank:
+  // never (nothing to reduce) — but the hooks still run so the readiness trace works the same.
+  armed_ = zero_ == 2 || micro == num_micro - 1;
+  pending_params_.assign(buckets_.size(), 0);
+  for (size_t b = 0; b < buckets_.size(); ++b) pending_params_[b] = buckets_[b].end_param - buckets_[b].first_param;
+  param_ready_.assign(params_.size(), false);
+  next_launch_ = static_cast<int>(buckets_.size()) - 1;
+  if (armed_) first_block_ready_ = Clock::time_point{};
+}
+
+void DataParallel::on_grad_ready(int param) {
+  if (!armed_ || param_ready_[param]) return;
+  param_ready_[param] = true;
+  if (is_first_block_[param] && first_block_ready_ == Clock::time_point{}) first_block_ready_ = Clock::now();
+  --pending_params_[bucket_of_[param]];
+  launch_ready_buckets();
+}
+
+void DataParallel::launch_ready_buckets() {
+  // In bucket order only, so every rank issues the same collectives in the same order.
+  while (next_launch_ >= 0 && pending_params_[next_launch_] == 0) launch(next_launch_--);
+}
+
+void DataParallel::launch(int index) {
+  const Bucket& b = buckets_[index];
+  if (dp_ == 1) return;
+  dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kBackward);
+  const int64_t chunk = b.numel / dp_;
+  Pending p;
+  if (zero_ == 0) {
+    p.handle = comm_->all_reduce_async(flat_grads_.narrow(0, b.offset, b.numel), dist::ReduceOp::kAvg);
+  } else if (zero_ == 1) {
+    // The chunk of the input is also the output: the all-to-all reads the input before the local sum writes it.
+    p.handle = comm_->reduce_scatter_async(flat_grads_.narrow(0, b.offset, b.numel),
+                                           flat_grads_.narrow(0, chunk_offset(b), chunk), dist::ReduceOp::kAvg);
+  } else {
+    at::NoGradGuard no_grad;
+    p.staging = at::empty({b.numel}, at::kFloat);
+    int64_t pos = b.offset;
+    for (int i = b.first_param; i < b.end_param; ++i) {
+      const auto& s = slots_[i];
+      if (s.offset > pos) p.staging.narrow(0, pos - b.offset, s.offset - pos).zero_();
+      at::Tensor dst = p.staging.narrow(0, s.offset - b.offset, s.numel);
+      at::Tensor& g = params_[i].mutable_grad();
+      if (g.defined()) {
+        dst.copy_(g.reshape({-1}));
+        g.reset();
+      } else {
+        dst.zero_();
+      }
+      pos = s.offset + s.numel;
+    }
+    if (b.offset + b.numel > pos) p.staging.narrow(0, pos - b.offset, b.offset + b.numel - pos).zero_();
+    p.result = at::empty({chunk}, at::kFloat);
+    p.shard_offset = b.shard_offset;
+    p.handle = comm_->reduce_scatter_async(p.staging, p.result, dist::ReduceOp::kAvg);
+  }
+  in_flight_.push_back(std::move(p));
+}
+
+void DataParallel::end_micro() {
+  if (armed_) {
+    // Parameters that got no gradient in this backward: their (zero or accumulated) gradient is final as it is.
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (!param_ready_[i]) {
+        param_ready_[i] = true;
+        --pending_params_[bucket_of_[i]];
+      }
+    launch_ready_buckets();
+    KOLOS_ASSERT(next_launch_ < 0, "bucket {} was not launched", next_launch_);
+  }
+  armed_ = false;
+  for (auto& p : in_flight_) {
+    p.handle.wait();
+    if (p.result.defined()) grad_shard_.narrow(0, p.shard_offset, p.result.numel()).add_(p.result);
+  }
+  in_flight_.clear();
+}
+
+double DataParallel::grad_norm() {
+  at::NoGradGuard no_grad;
+  if (zero_ == 0) return flat_grads_.norm().item<double>();
+  double sq = 0;
+  if (zero_ == 1) {
+    for (const auto& b : buckets_) {
+      const double nb = flat_grads_.narrow(0, chunk_offset(b), b.numel / dp_).norm().item<double>();
+      sq += nb * nb;
+    }
+  } else {
+    const double n = grad_shard_.norm().item<double>();
+    sq = n * n;
+  }
+  dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
+  at::Tensor t = at::full({1}, sq, at::kDouble);
+  comm_->all_reduce(t);
+  return std::sqrt(t.item<double>());
+}
+
+void DataParallel::optimizer_step(double lr, double grad_scale) {
+  optimizer_->step(lr, grad_scale);
+  if (zero_ == 0) return;
+  dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
+  std::vector<dist::Handle> handles;
+  std::vector<at::Tensor> sources;
+  for (const auto& b : buckets_) {
+    // A copy of the chunk: the output (the whole bucket) contains it.
+    sources.push_back(flat_params_.narrow(0, chunk_offset(b), b.numel / dp_).clone());
+    handles.push_back(comm_->all_gather_async(sources.back(), flat_params_.narrow(0, b.offset, b.numel)));
+  }
+  for (auto& h : handles) h.wait();
+}
+
+at::Tensor DataParallel::gather_flat(const at::Tensor& shard) {
+  const int64_t total = buckets_.back().offset + buckets_.back().numel;
+  at::Tensor full = at::zeros({total}, at::kFloat);
+  std::vector<dist::Handle> handles;
+  for (const auto& b : buckets_)
+    handles.push_back(comm_->all_gather_async(shard.narrow(0, b.shard_offset, b.numel / dp_),
+                                              full.narrow(0, b.offset, b.numel)));
+  for (auto& h : handles) h.wait();
+  return full;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> DataParallel::optimizer_state() {
+  at::Tensor m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
+  if (zero_ > 0) {
+    m = gather_flat(m);
+    v = gather_flat(v);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& s : slots_) {
+    out.emplace_back("exp_avg." + s.name, m.narrow(0, s.offset, s.numel).view(s.shape));
+    out.emplace_back("exp_avg_sq." + s.name, v.narrow(0, s.offset, s.numel).view(s.shape));
+  }
+  return out;
+}
+
+void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                        int64_t step_count) {
+  std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
+  const int64_t total = buckets_.back().offset + buckets_.back().numel;
+  for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+    at::Tensor full = at::zeros({total}, at::kFloat);
+    for (const auto& s : slots_) {
+      const std::string name = fmt::format("{}.{}", kind, s.name);
+      auto it = by_name.find(name);
+      KOLOS_CHECK(it != by_name.end(), "optimizer state: tensor {} is missing", name);
+      KOLOS_CHECK(it->second.sizes() == at::IntArrayRef(s.shape) && it->second.scalar_type() == at::kFloat,
+                  "optimizer state: tensor {} has shape {} ({}), expected {} (float32)", name,
+                  fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()), fmt::join(s.shape, "x"));
+      full.narrow(0, s.offset, s.numel).copy_(it->second.reshape({-1}));
+    }
+    const at::Tensor& dst = std::string(kind) == "exp_avg" ? optimizer_->exp_avg() : optimizer_->exp_avg_sq();
+    if (zero_ == 0) {
+      dst.copy_(full);
+    } else {
+      for (const auto& b : buckets_)
+        dst.narrow(0, b.shard_offset, b.numel / dp_).copy_(full.narrow(0, chunk_offset(b), b.numel / dp_));
+    }
+  }
+  optimizer_->set_step_count(step_count);
+}
+
+ShardReport DataParallel::report() const {
+  ShardReport r;
+  r.flat_numel = flat_params_.numel();
+  r.param_numel = flat_params_.numel();
+  r.grad_numel = zero_ == 2 ? grad_shard_.numel() : flat_grads_.numel();
+  r.optim_numel = optimizer_->exp_avg().numel() + optimizer_->exp_avg_sq().numel();
+  r.buckets = static_cast<int64_t>(buckets_.size());
+  return r;
+}
+
+}  // namespace kolos::parallel

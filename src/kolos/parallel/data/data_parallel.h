@@ -1,0 +1,142 @@
+// DataParallel: the parameters, gradients and optimizer of one data-parallel rank — plain data parallelism and
+// ZeRO stages 1 and 2 — over flat fp32 buffers (parallel::apply builds it; the trainer drives it).
+//
+// Layout. Parameters are packed in the order of Model::param_specs() into one flat buffer, each 64-byte aligned and
+// bound to the model as a view. They are grouped into buckets of about parallel.bucket_mb MiB, formed from the last
+// parameter backwards (gradients become ready roughly in that order); each bucket is a contiguous range of whole
+// parameters padded to a multiple of 16·dp elements, so it splits into dp equal, aligned chunks. Padding stays zero.
+// Rank r of the dp group owns chunk r of every bucket; its shard is the concatenation of its chunks in bucket order.
+//
+// Gradients. A post-hook on every parameter's gradient accumulator counts the parameters whose gradient is final;
+// when all of a bucket's are, its reduction is launched asynchronously, in bucket order (the same order on every
+// rank), while backward goes on with the layers below:
+//   zero = 0  all-reduce (average) of the bucket in the flat gradient buffer; every rank has the whole gradient.
+//   zero = 1  reduce-scatter (average) of the bucket; the rank's chunk of the flat gradient buffer holds the result
+//             (the rest of the buffer is scratch). Optimizer moments: the shard only.
+//   zero = 2  no flat gradient buffer: autograd writes fresh per-parameter gradients, which a complete bucket copies
+//             into a staging buffer and drops; the reduce-scatter adds the rank's chunk into a shard-sized gradient
+//             buffer. Optimizer moments and gradients: the shard only.
+// With gradient accumulation, zero 0 and 1 reduce only on the last micro-step (gradients accumulate in place before
+// it); zero 2 reduces on every micro-step (that is what keeps its gradients sharded). After the optimizer updated
+// the shard, zero 1 and 2 all-gather the updated parameters bucket by bucket, so every rank holds all parameters.
+//
+// Every collective goes through the dp Comm (so the ledger counts it): phase "backward" for the gradient
+// reductions, "optimizer" for the norm and the parameter all-gather, "other" for checkpoint gathers.
+//
+// Not thread-safe; the autograd engine runs the hooks on the thread that calls backward() (CPU).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "kolos/config/config.h"
+#include "kolos/dist/comm.h"
+#include "kolos/models/model.h"
+#include "kolos/optim/adamw.h"
+#include "kolos/parallel/plan.h"
+
+namespace kolos::parallel {
+
+struct Bucket {
+  int64_t offset = 0, numel = 0;  // flat range, numel a multiple of 16·dp
+  int first_param = 0, end_param = 0;  // the parameters [first_param, end_param) in spec order
+  int64_t shard_offset = 0;       // where this rank's chunk lies in the shard buffers (numel / dp elements)
+};
+
+// What this rank holds, in elements (for the shard checks of the parity tests).
+struct ShardReport {
+  int64_t flat_numel = 0;   // the whole padded layout
+  int64_t param_numel = 0;  // parameter storage on this rank
+  int64_t grad_numel = 0;   // persistent gradient storage
+  int64_t optim_numel = 0;  // optimizer moments (both)
+  int64_t buckets = 0;
+  nlohmann::json to_json() const;
+};
+
+class DataParallel {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // Allocates the buffers, initialises every parameter from (config.train.seed, name) on its global shape, binds
+  // them to `model`, registers the hooks and builds the optimizer. `dp_comm` is the dp axis (null or size 1: one
+  // data-parallel rank, nothing communicated). With one rank, zero is ignored (nothing to shard).
+  DataParallel(models::Model& model, const Config& config, const Plan& plan, dist::Comm* dp_comm);
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // Step protocol: begin_step(); for each micro-step k: begin_micro(k, K); forward; backward; end_micro();
+  // then grad_norm() and optimizer_step().
+  void begin_step();
+  void begin_micro(int64_t micro, int64_t num_micro);
+  // Launches the reductions that backward did not (parameters without a gradient) and waits for all of them.
+  void end_micro();
+  // Global L2 norm of the step's (reduced, averaged) gradient.
+  double grad_norm();
+  // AdamW on this rank's shard with gradients multiplied by grad_scale, then the all-gather of the parameters.
+  void optimizer_step(double lr, double grad_scale);
+
+  // The optimizer moments as whole tensors named exp_avg.<param> / exp_avg_sq.<param>, shaped like the parameters.
+  // Collective at zero >= 1 (every dp rank must call it; all get the tensors).
+  std::vector<std::pair<std::string, at::Tensor>> optimizer_state();
+  // Restores moments saved by optimizer_state() under any layout (every rank reads the whole tensors and keeps its
+  // shard). InputError naming a missing or mis-shaped tensor.
+  void load_optimizer_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors, int64_t step_count);
+  int64_t optimizer_steps() const { return optimizer_->step_count(); }
+
+  int zero() const { return zero_; }
+  int dp() const { return dp_; }
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+  const std::vector<optim::FlatSlot>& slots() const { return slots_; }
+  ShardReport report() const;
+  // When backward first reached the first transformer block of the last armed micro-step (the earliest gradient
+  // of a parameter named h.0.* or layers.0.*): for the overlap check. Clock::time_point{} if never.
+  Clock::time_point first_block_ready() const { return first_block_ready_; }
+
+ private:
+  struct Pending {
+    dist::Handle handle;
+    at::Tensor result;   // zero 2: the reduced chunk, added into the gradient shard
+    int64_t shard_offset = 0;
+    at::Tensor staging;  // zero 2: kept alive until the reduction is done
+  };
+  class ReadyHook;
+
+  void build_layout(const std::vector<nn::ParamSpec>& specs);
+  void on_grad_ready(int param);
+  void launch_ready_buckets();
+  void launch(int bucket);
+  int64_t chunk_offset(const Bucket& b) const { return b.offset + rank_ * (b.numel / dp_); }
+  // Whole flat buffer ← the dp ranks' shards (collective).
+  at::Tensor gather_flat(const at::Tensor& shard);
+
+  models::Model& model_;
+  Config config_;
+  dist::Comm* comm_ = nullptr;  // not owned: the mesh outlives this
+  int dp_ = 1, rank_ = 0, zero_ = 0;
+  std::vector<optim::FlatSlot> slots_;
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_;   // per parameter
+  std::vector<bool> is_first_block_;
+  std::vector<at::Tensor> params_;
+  at::Tensor flat_params_, flat_grads_, grad_shard_;
+  int64_t shard_numel_ = 0;
+  std::unique_ptr<optim::AdamW> optimizer_;
+
+  // Per micro-step state of the hooks.
+  bool armed_ = false;
+  std::vector<int> pending_params_;  // per bucket: parameters still without their final gradient
+  std::vector<bool> param_ready_;
+  int next_launch_ = -1;            // buckets launch from the last (highest offset) down
+  std::vector<Pending> in_flight_;
+  Clock::time_point first_block_ready_{};
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
+};
+
+}  // namespace kolos::parallel

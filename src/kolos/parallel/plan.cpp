@@ -1,0 +1,65 @@
+#include "kolos/parallel/plan.h"
+
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "kolos/core/error.h"
+
+namespace kolos::parallel {
+
+std::string Plan::describe() const {
+  std::vector<std::string> parts;
+  if (pp > 1) parts.push_back(fmt::format("pp={}", pp));
+  if (dp > 1) parts.push_back(fmt::format("dp={}", dp));
+  if (sp > 1) parts.push_back(fmt::format("sp={} ({})", sp, sp_mode));
+  if (tp > 1) parts.push_back(fmt::format("tp={} ({})", tp, tp_mode));
+  if (zero > 0) parts.push_back(fmt::format("zero={}", zero));
+  if (parts.empty()) return "1 process";
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
+Plan make_plan(const Config& config, int world_size) {
+  const auto& p = config.parallel;
+  KOLOS_CHECK(world_size >= 1, "world size {}: expected >= 1", world_size);
+  Plan plan;
+  plan.world = world_size;
+  plan.pp = static_cast<int>(p.pp);
+  plan.sp = static_cast<int>(p.sp);
+  plan.tp = static_cast<int>(p.tp);
+  plan.zero = static_cast<int>(p.zero);
+  plan.tp_mode = p.tp_mode;
+  plan.sp_mode = p.sp_mode;
+  plan.pp_schedule = p.pp_schedule;
+  plan.tp_depth = static_cast<int>(p.tp_depth);
+  plan.pp_virtual = static_cast<int>(p.pp_virtual);
+  plan.megatron_sp = p.megatron_sp;
+  plan.bucket_mb = p.bucket_mb;
+
+  const int64_t others = p.pp * p.sp * p.tp;
+  if (p.dp == 0) {
+    KOLOS_CHECK(world_size % others == 0,
+                "parallel.dp = 0 derives dp = world / (pp × sp × tp) = {} / {}, which is not a whole number: choose "
+                "pp, sp, tp whose product divides the world size {}",
+                world_size, others, world_size);
+    plan.dp = static_cast<int>(world_size / others);
+  } else {
+    plan.dp = static_cast<int>(p.dp);
+  }
+  KOLOS_CHECK(static_cast<int64_t>(plan.dp) * others == world_size,
+              "parallel.pp × dp × sp × tp = {} × {} × {} × {} = {} does not match the world size {} (processes "
+              "started): set parallel.dp = 0 to derive it, or start {} processes",
+              plan.pp, plan.dp, plan.sp, plan.tp, plan.dp * others, world_size, plan.dp * others);
+
+  // Slots of later issues.
+  KOLOS_CHECK(plan.tp == 1, "parallel.tp = {}: tensor parallelism is not yet supported (issue 5); use 1", plan.tp);
+  KOLOS_CHECK(plan.sp == 1, "parallel.sp = {}: sequence parallelism is not yet supported (issue 5); use 1", plan.sp);
+  KOLOS_CHECK(!plan.megatron_sp, "parallel.megatron_sp = true: not yet supported (issue 5); use false");
+  KOLOS_CHECK(plan.pp == 1, "parallel.pp = {}: pipeline parallelism is not yet supported (issue 6); use 1", plan.pp);
+  KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported (issue 4); use 0, 1 or 2",
+              plan.zero);
+  return plan;
+}
+
+}  // namespace kolos::parallel

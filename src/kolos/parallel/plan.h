@@ -1,0 +1,35 @@
+// Plan: the parallel layout of a run — the degree of every mesh axis and the mode of every parallel technique —
+// checked against the world size and the model before anything is built (DESIGN "Plan").
+//
+// make_plan() fails with kolos::InputError (exit 2) naming the bad key, its value and the rule it breaks:
+//   - pp × dp × sp × tp must equal the world size; parallel.dp = 0 derives dp = world / (pp · sp · tp), which must
+//     be a whole number;
+//   - a mode whose issue has not landed yet (tp > 1, sp > 1, pp > 1, megatron_sp, zero = 3) is "not yet
+//     supported" — each later issue lifts exactly its own rule;
+//   - parallel.zero > 0 needs dp > 1 to shard anything: with dp = 1 it is accepted and behaves as zero = 0.
+// The Plan is a value: every rank computes the same one from the same config and world size.
+#pragma once
+
+#include <string>
+
+#include "kolos/config/config.h"
+
+namespace kolos::parallel {
+
+struct Plan {
+  int world = 1;
+  int pp = 1, dp = 1, sp = 1, tp = 1;
+  int zero = 0;
+  std::string tp_mode = "1d", sp_mode = "ring", pp_schedule = "1f1b";
+  int tp_depth = 1, pp_virtual = 1;
+  bool megatron_sp = false;
+  double bucket_mb = 25.0;
+
+  // "dp=2, zero=1" style one-line description (axes of degree 1 left out; "1 process" when nothing is parallel).
+  std::string describe() const;
+};
+
+// Validates `config.parallel` against `world_size` and `config.model` (see the rules above) and returns the plan.
+Plan make_plan(const Config& config, int world_size);
+
+}  // namespace kolos::parallel

@@ -1,0 +1,58 @@
+// Plan validation: each rule fails with exit-2 errors naming the key and the rule; valid layouts give the degrees.
+#include <gtest/gtest.h>
+
+#include "kolos/config/config.h"
+#include "kolos/core/error.h"
+#include "kolos/parallel/plan.h"
+
+namespace kolos {
+namespace {
+
+std::string plan_error(std::vector<std::string> sets, int world) {
+  try {
+    parallel::make_plan(load_config("parity", sets, world), world);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Plan, DpDerivesFromTheWorldSize) {
+  auto p = parallel::make_plan(load_config("parity", {}, 4), 4);
+  EXPECT_EQ(p.dp, 4);
+  EXPECT_EQ(p.world, 4);
+  EXPECT_EQ(p.describe(), "dp=4");
+  EXPECT_EQ(parallel::make_plan(load_config("parity", {}, 1), 1).describe(), "1 process");
+  auto z = parallel::make_plan(load_config("parity", {"parallel.dp=2", "parallel.zero=2"}, 2), 2);
+  EXPECT_EQ(z.dp, 2);
+  EXPECT_EQ(z.zero, 2);
+  EXPECT_EQ(z.describe(), "dp=2, zero=2");
+}
+
+TEST(Plan, DegreesMustMultiplyToTheWorldSize) {
+  const std::string e = plan_error({"parallel.dp=2"}, 4);
+  EXPECT_NE(e.find("world size 4"), std::string::npos) << e;
+  EXPECT_NE(e.find("pp × dp × sp × tp"), std::string::npos) << e;
+}
+
+TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
+  for (const auto& [set, key] : std::vector<std::pair<std::string, std::string>>{
+           {"parallel.tp=2", "parallel.tp"},
+           {"parallel.sp=2", "parallel.sp"},
+           {"parallel.pp=2", "parallel.pp"},
+           {"parallel.zero=3", "parallel.zero"},
+           {"parallel.megatron_sp=true", "parallel.megatron_sp"}}) {
+    const std::string e = plan_error({set}, 2);
+    EXPECT_NE(e.find(key), std::string::npos) << set << ": " << e;
+    EXPECT_NE(e.find("not yet supported"), std::string::npos) << set << ": " << e;
+  }
+}
+
+TEST(Plan, ZeroWithOneRankIsAccepted) {
+  auto p = parallel::make_plan(load_config("parity", {"parallel.zero=2"}, 1), 1);
+  EXPECT_EQ(p.dp, 1);
+  EXPECT_EQ(p.zero, 2);
+}
+
+}  // namespace
+}  // namespace kolos
