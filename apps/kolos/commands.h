@@ -14,6 +14,7 @@ int generate_main(int argc, char** argv);
 int plot_main(int argc, char** argv);
 int bench_main(int argc, char** argv);
 int run_main(int argc, char** argv);
+int verify_main(int argc, char** argv);
 
 using kolos::parse_args;
 

@@ -22,8 +22,9 @@ const char* kUsage =
     "  prepare    tokenize text files into token files (train/validation split, baselines)\n"
     "  generate   sample text from a checkpoint\n"
     "  plot       draw loss and tokens/s of a run directory as a PNG\n"
-    "  bench      benchmarks: gemm, train\n"
+    "  bench      benchmarks: gemm, train, comm\n"
     "  run        start N processes of a distributed run: kolos run -n N -- kolos train ...\n"
+    "  verify     check parallel layouts against one process (exit 4 when out of tolerance)\n"
     "\n"
     "`kolos COMMAND --help` describes each command.\n";
 
@@ -44,8 +45,9 @@ int dispatch(int argc, char** argv) {
   if (cmd == "plot") return plot_main(argc - 1, argv + 1);
   if (cmd == "bench") return bench_main(argc - 1, argv + 1);
   if (cmd == "run") return run_main(argc - 1, argv + 1);
+  if (cmd == "verify") return verify_main(argc - 1, argv + 1);
   throw kolos::InputError(fmt::format(
-      "unknown command \"{}\" (expected train, run, prepare, generate, plot or bench; see kolos --help)", cmd));
+      "unknown command \"{}\" (expected train, run, verify, prepare, generate, plot or bench; see kolos --help)", cmd));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include "kolos/core/error.h"
+#include "kolos/optim/norm.h"
 
 namespace kolos::parallel {
 
@@ -255,16 +256,12 @@ void DataParallel::end_micro() {
 
 double DataParallel::grad_norm() {
   at::NoGradGuard no_grad;
-  if (zero_ == 0) return flat_grads_.norm().item<double>();
+  if (zero_ == 0) return std::sqrt(optim::sum_of_squares(flat_grads_));
   double sq = 0;
   if (zero_ == 1) {
-    for (const auto& b : buckets_) {
-      const double nb = flat_grads_.narrow(0, chunk_offset(b), b.numel / dp_).norm().item<double>();
-      sq += nb * nb;
-    }
+    for (const auto& b : buckets_) sq += optim::sum_of_squares(flat_grads_.narrow(0, chunk_offset(b), b.numel / dp_));
   } else {
-    const double n = grad_shard_.norm().item<double>();
-    sq = n * n;
+    sq = optim::sum_of_squares(grad_shard_);
   }
   dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
   at::Tensor t = at::full({1}, sq, at::kDouble);

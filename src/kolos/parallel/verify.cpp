@@ -1,0 +1,324 @@
+#include "kolos/parallel/verify.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "kolos/checkpoint/checkpoint.h"
+#include "kolos/config/config.h"
+#include "kolos/core/error.h"
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+
+namespace kolos::parallel {
+
+namespace {
+
+const std::set<std::string> kParallelKeys = {"dp",         "tp",          "tp_mode",    "tp_depth",   "megatron_sp",
+                                             "sp",         "sp_mode",     "pp",         "pp_schedule", "pp_virtual",
+                                             "pp_layers",  "zero",        "bucket_mb"};
+
+std::string trim(std::string s) {
+  const auto b = s.find_first_not_of(" \t");
+  const auto e = s.find_last_not_of(" \t");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep))
+    if (!trim(item).empty()) out.push_back(trim(item));
+  return out;
+}
+
+int64_t to_int(const std::string& value, const std::string& item, const std::string& layout) {
+  try {
+    size_t pos = 0;
+    const int64_t v = std::stoll(value, &pos);
+    if (pos == value.size() && v >= 0) return v;
+  } catch (const std::exception&) {
+  }
+  throw InputError(fmt::format("--layouts: layout \"{}\": item \"{}\" needs a whole number >= 0", layout, item));
+}
+
+// Runs argv with stdout and stderr into `log`; returns the exit status (128 + signal when killed).
+int run_logged(const std::vector<std::string>& argv, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  KOLOS_CHECK(rc == 0, "kolos verify: cannot start {}: {}", argv[0], std::strerror(rc));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+std::string last_error_line(const std::string& log) {
+  std::ifstream in(log);
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!trim(line).empty()) last = line;
+  return last;
+}
+
+std::map<int64_t, double> read_losses(const std::string& run_dir) {
+  std::map<int64_t, double> losses;
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("loss")) losses[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return losses;
+}
+
+checkpoint::TensorMap final_params(const std::string& run_dir) {
+  auto latest = checkpoint::latest_checkpoint(run_dir);
+  KOLOS_CHECK(latest.has_value(), "kolos verify: run {} left no checkpoint", run_dir);
+  return checkpoint::load_checkpoint(*latest).model;
+}
+
+struct Outcome {
+  double loss_rel = 0, param_rel = 0;
+  std::string param_tensor;
+  std::string shards = "ok", ops = "ok";
+  bool ok = true;
+};
+
+// ‖a − b‖ / ‖b‖ (0 when both are zero).
+double rel(const at::Tensor& a, const at::Tensor& b) {
+  const double d = (a.to(at::kDouble) - b.to(at::kDouble)).norm().item<double>();
+  const double r = b.to(at::kDouble).norm().item<double>();
+  return r == 0 ? (d == 0 ? 0 : INFINITY) : d / r;
+}
+
+void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps, Outcome& out) {
+  for (int r = 0; r < layout.processes; ++r) {
+    const fs::path path = fs::path(run_dir) / "ranks" / fmt::format("rank_{}.json", r);
+    std::ifstream in(path);
+    if (!in) {
+      out.shards = fmt::format("rank {} wrote no report", r);
+      out.ok = false;
+      return;
+    }
+    const auto j = nlohmann::json::parse(in, nullptr, false);
+    const auto& held = j["held"];
+    const int64_t flat = held["flat_numel"], buckets = held["buckets"];
+    const int dp = j["dp"];
+    const int zero = dp > 1 ? layout.zero : 0;
+    const int64_t want_optim = zero >= 1 ? 2 * flat / dp : 2 * flat;
+    const int64_t want_grad = zero == 2 ? flat / dp : flat;
+    if (held["optim_numel"] != want_optim || held["grad_numel"] != want_grad || held["param_numel"] != flat) {
+      out.shards = fmt::format("rank {} holds params/grads/moments {}/{}/{}, the plan {}/{}/{}", r,
+                               held["param_numel"].get<int64_t>(), held["grad_numel"].get<int64_t>(),
+                               held["optim_numel"].get<int64_t>(), flat, want_grad, want_optim);
+      out.ok = false;
+    }
+    if (dp == 1) continue;
+    auto calls = [&](const char* op, const char* phase) -> int64_t {
+      const auto& c = j["comm"];
+      if (!c.contains("dp") || !c["dp"].contains(op) || !c["dp"][op].contains(phase)) return 0;
+      return c["dp"][op][phase]["calls"].get<int64_t>();
+    };
+    const int64_t micro = zero == 2 ? layout.grad_accum : 1;
+    const std::map<std::pair<std::string, std::string>, int64_t> want = {
+        {{"all_reduce", "backward"}, zero == 0 ? buckets * steps : 0},
+        {{"reduce_scatter", "backward"}, zero >= 1 ? buckets * steps * micro : 0},
+        {{"all_gather", "optimizer"}, zero >= 1 ? buckets * steps : 0},
+        {{"all_gather", "backward"}, 0}};
+    for (const auto& [key, n] : want) {
+      const int64_t got = calls(key.first.c_str(), key.second.c_str());
+      if (got != n) {
+        out.ops = fmt::format("rank {}: {} dp {} in {}, expected {}", r, got, key.first, key.second, n);
+        out.ok = false;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<Layout> parse_layouts(const std::string& text, int64_t global_batch) {
+  std::vector<Layout> layouts;
+  for (const auto& item_list : split(text, ';')) {
+    Layout l;
+    l.text = item_list;
+    int64_t dp = 1, tp = 1, sp = 1, pp = 1;
+    for (const auto& item : split(item_list, ',')) {
+      const auto eq = item.find('=');
+      KOLOS_CHECK(eq != std::string::npos, "--layouts: layout \"{}\": item \"{}\" is not key=value", item_list, item);
+      const std::string key = trim(item.substr(0, eq)), value = trim(item.substr(eq + 1));
+      if (key == "dp") dp = to_int(value, item, item_list);
+      if (key == "tp") tp = to_int(value, item, item_list);
+      if (key == "sp") sp = to_int(value, item, item_list);
+      if (key == "pp") pp = to_int(value, item, item_list);
+      if (key == "zero") l.zero = static_cast<int>(to_int(value, item, item_list));
+      if (key == "grad_accum") {
+        l.grad_accum = to_int(value, item, item_list);
+        KOLOS_CHECK(l.grad_accum >= 1, "--layouts: layout \"{}\": grad_accum must be >= 1", item_list);
+        continue;
+      }
+      if (kParallelKeys.count(key)) {
+        l.overrides.push_back(fmt::format("parallel.{}={}", key, value));
+      } else if (key.find('.') != std::string::npos) {
+        l.overrides.push_back(fmt::format("{}={}", key, value));
+      } else {
+        throw InputError(fmt::format(
+            "--layouts: layout \"{}\": unknown key \"{}\" (expected one of dp, tp, tp_mode, tp_depth, megatron_sp, sp, "
+            "sp_mode, pp, pp_schedule, pp_virtual, pp_layers, zero, bucket_mb, grad_accum, or section.key)",
+            item_list, key));
+      }
+    }
+    KOLOS_CHECK(dp >= 1 && tp >= 1 && sp >= 1 && pp >= 1, "--layouts: layout \"{}\": degrees must be >= 1", item_list);
+    l.processes = static_cast<int>(dp * tp * sp * pp);
+    l.dp = static_cast<int>(dp);
+    KOLOS_CHECK(global_batch % (dp * l.grad_accum) == 0,
+                "--layouts: layout \"{}\": train.global_batch = {} does not split into dp × grad_accum = {} × {} "
+                "micro-batches",
+                item_list, global_batch, dp, l.grad_accum);
+    l.batch_size = global_batch / (dp * l.grad_accum);
+    layouts.push_back(l);
+  }
+  KOLOS_CHECK(!layouts.empty(), "--layouts: no layout given (expected e.g. \"dp=2;dp=2,zero=1\")");
+  return layouts;
+}
+
+int verify(const VerifyOptions& options) {
+  const Config base = load_config(options.config, options.overrides);
+  const int64_t global_batch = base.train.global_batch;
+  const auto layouts = parse_layouts(options.layouts, global_batch);
+  std::error_code ec;
+  fs::create_directories(options.out_dir, ec);
+  KOLOS_CHECK(!ec, "--out {}: cannot create the directory: {}", options.out_dir, ec.message());
+
+  std::vector<std::string> common = {"--config", options.config};
+  for (const auto& o : options.overrides) common.insert(common.end(), {"--set", o});
+  for (const std::string& o : {"model.dropout=0", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
+                               "train.sample_tokens=0", "train.mfu=false", "train.threads=1", "train.keep_checkpoints=1"})
+    common.insert(common.end(), {"--set", o});
+  common.insert(common.end(), {"--set", fmt::format("train.global_batch={}", global_batch)});
+
+  auto run = [&](const std::string& name, const std::vector<std::string>& prefix, const std::vector<std::string>& sets,
+                 const std::string& what) {
+    const std::string dir = (fs::path(options.out_dir) / name).string();
+    fs::remove_all(dir, ec);
+    std::vector<std::string> argv = prefix;
+    argv.insert(argv.end(), {options.kolos_binary, "train"});
+    argv.insert(argv.end(), common.begin(), common.end());
+    for (const auto& s : sets) argv.insert(argv.end(), {"--set", s});
+    argv.insert(argv.end(), {"--out", dir});
+    fs::create_directories(dir, ec);
+    const std::string log = dir + ".log";
+    const int rc = run_logged(argv, log);
+    if (rc != 0) {
+      const std::string msg = fmt::format("kolos verify: {} failed with exit {}: {} (log: {})", what, rc,
+                                          last_error_line(log), log);
+      if (rc == exit_code::kBadInput) throw InputError(msg);
+      if (rc == exit_code::kPeerFailed) throw PeerError(msg);
+      throw std::runtime_error(msg);
+    }
+    return dir;
+  };
+
+  std::map<int64_t, std::string> references;  // by micro-batch size
+  const bool gpt2 = base.model.arch == "gpt2";
+  nlohmann::json results = nlohmann::json::array();
+  bool all_ok = true;
+  std::printf("%-28s %5s %12s %12s  %-26s %-6s %-6s %s\n", "layout", "procs", "loss rel", "param rel", "worst tensor",
+              "shards", "ops", "result");
+  std::fflush(stdout);
+  for (size_t i = 0; i < layouts.size(); ++i) {
+    const Layout& l = layouts[i];
+    if (!references.count(l.batch_size)) {
+      references[l.batch_size] = run(fmt::format("reference_b{}", l.batch_size), {},
+                                     {fmt::format("train.batch_size={}", l.batch_size),
+                                      fmt::format("train.grad_accum={}", global_batch / l.batch_size)},
+                                     fmt::format("the one-process reference (micro-batches of {})", l.batch_size));
+    }
+    std::vector<std::string> sets = l.overrides;
+    sets.push_back(fmt::format("train.batch_size={}", l.batch_size));
+    sets.push_back(fmt::format("train.grad_accum={}", l.grad_accum));
+    const std::string dir = run(fmt::format("layout_{}", i),
+                                {options.kolos_binary, "run", "-n", std::to_string(l.processes), "--"}, sets,
+                                fmt::format("layout \"{}\"", l.text));
+    const std::string& ref = references[l.batch_size];
+
+    Outcome out;
+    const auto ref_losses = read_losses(ref), losses = read_losses(dir);
+    KOLOS_CHECK(!ref_losses.empty() && ref_losses.size() == losses.size(),
+                "kolos verify: layout \"{}\" logged {} losses, the reference {}", l.text, losses.size(),
+                ref_losses.size());
+    for (const auto& [step, v] : ref_losses) {
+      auto it = losses.find(step);
+      const double d = it == losses.end() ? INFINITY : std::abs(it->second - v) / std::max(std::abs(v), 1e-30);
+      out.loss_rel = std::max(out.loss_rel, d);
+    }
+    const auto ref_params = final_params(ref), params = final_params(dir);
+    for (const auto& [name, t] : ref_params) {
+      auto it = params.find(name);
+      double d = INFINITY;
+      if (it != params.end() && it->second.sizes() == t.sizes()) {
+        const bool qkv_bias = gpt2 && name.size() > 14 && name.compare(name.size() - 14, 14, ".attn.qkv.bias") == 0;
+        if (qkv_bias) {  // q and v thirds only
+          const int64_t h = t.numel() / 3;
+          d = std::max(rel(it->second.narrow(0, 0, h), t.narrow(0, 0, h)),
+                       rel(it->second.narrow(0, 2 * h, h), t.narrow(0, 2 * h, h)));
+        } else {
+          d = rel(it->second, t);
+        }
+      }
+      if (d > out.param_rel || out.param_tensor.empty()) {
+        out.param_rel = d;
+        out.param_tensor = name;
+      }
+    }
+    check_ranks(l, dir, static_cast<int64_t>(ref_losses.size()), out);
+    out.ok = out.ok && out.loss_rel <= options.tolerance && out.param_rel <= options.tolerance;
+    all_ok = all_ok && out.ok;
+    std::printf("%-28s %5d %12.3e %12.3e  %-26s %-6s %-6s %s\n", l.text.c_str(), l.processes, out.loss_rel,
+                out.param_rel, out.param_tensor.c_str(), out.shards == "ok" ? "ok" : "WRONG",
+                out.ops == "ok" ? "ok" : "WRONG", out.ok ? "ok" : "OUT OF TOLERANCE");
+    if (out.shards != "ok") std::printf("  shards: %s\n", out.shards.c_str());
+    if (out.ops != "ok") std::printf("  ops: %s\n", out.ops.c_str());
+    std::fflush(stdout);
+    results.push_back({{"layout", l.text},
+                       {"processes", l.processes},
+                       {"loss_rel", out.loss_rel},
+                       {"param_rel", out.param_rel},
+                       {"param_tensor", out.param_tensor},
+                       {"shards", out.shards},
+                       {"ops", out.ops},
+                       {"ok", out.ok}});
+  }
+  if (gpt2) std::printf("(GPT-2: the key third of h.*.attn.qkv.bias is left out: its true gradient is zero)\n");
+  std::printf("%s\n", nlohmann::json({{"ok", all_ok}, {"tolerance", options.tolerance}, {"layouts", results}}).dump().c_str());
+  std::fflush(stdout);
+  return all_ok ? 0 : exit_code::kVerifyFailed;
+}
+
+}  // namespace kolos::parallel
