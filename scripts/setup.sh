@@ -8,7 +8,8 @@ PACKAGES=(build-essential cmake ninja-build ccache pkg-config
   libtorch-dev python3-torch libgloo-dev libopenblas0-pthread liburing-dev
   libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libsentencepiece-dev sentencepiece gnuplot-nox
-  libgtest-dev libgmock-dev libbenchmark-dev)
+  libgtest-dev libgmock-dev libbenchmark-dev
+  openmpi-bin iproute2 procps)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -13,6 +13,7 @@
 #include "kolos/core/units.h"
 #include "kolos/dist/comm.h"
 #include "kolos/dist/env.h"
+#include "kolos/dist/iface.h"
 
 namespace kolos::dist {
 
@@ -51,6 +52,9 @@ int bench_comm_main(int argc, char** argv) {
               "`kolos run -n 2 -- kolos bench comm`",
               env.world_size);
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  // Gloo binds the interface that reaches the master, not what this host's name resolves to (often 127.0.0.1).
+  // Resolved before the rendezvous, so an unreachable master is bad input (exit 2), not a peer failure.
+  const std::string iface = resolve_gloo_interface("", env.master_addr, env.master_port);
   c10d::TCPStoreOptions so;
   so.port = static_cast<std::uint16_t>(env.master_port);
   so.isServer = env.rank == 0;
@@ -66,7 +70,7 @@ int bench_comm_main(int argc, char** argv) {
   }
   Comm::Options co;
   co.timeout = timeout;
-  co.hostname = env.master_addr == "127.0.0.1" || env.master_addr == "localhost" ? "127.0.0.1" : "";
+  co.iface = iface;
   auto comm = Comm::create(store, env.rank, env.world_size, "world", co);
   const int n = env.world_size;
 
@@ -96,7 +100,8 @@ int bench_comm_main(int argc, char** argv) {
   }
 
   if (env.rank == 0) {
-    std::printf("kolos bench comm: %d ranks (%s), Gloo over %s\n", n, env.launcher.c_str(), env.master_addr.c_str());
+    std::printf("kolos bench comm: %d ranks (%s), Gloo on interface %s, master %s:%d\n", n, env.launcher.c_str(),
+                co.iface.c_str(), env.master_addr.c_str(), env.master_port);
     std::printf("%-15s %12s %12s %12s %12s\n", "op", "bytes", "time_us", "algbw_GB/s", "busbw_GB/s");
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& r : results) {
@@ -106,7 +111,7 @@ int bench_comm_main(int argc, char** argv) {
       rows.push_back({{"op", r.op}, {"bytes", r.bytes}, {"time_us", r.seconds * 1e6}, {"algbw_gbps", algbw},
                       {"busbw_gbps", busbw}});
     }
-    std::printf("%s\n", nlohmann::json{{"world", n}, {"results", rows}}.dump().c_str());
+    std::printf("%s\n", nlohmann::json{{"world", n}, {"iface", co.iface}, {"results", rows}}.dump().c_str());
   }
   comm->barrier();
   return 0;

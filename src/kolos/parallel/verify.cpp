@@ -18,6 +18,7 @@
 #include "kolos/checkpoint/checkpoint.h"
 #include "kolos/config/config.h"
 #include "kolos/core/error.h"
+#include "kolos/parallel/plan.h"
 
 extern char** environ;
 
@@ -212,6 +213,19 @@ int verify(const VerifyOptions& options) {
   const Config base = load_config(options.config, options.overrides);
   const int64_t global_batch = base.train.global_batch;
   const auto layouts = parse_layouts(options.layouts, global_batch);
+  // Every layout must make a valid Plan before anything runs (bad input is exit 2 naming the layout).
+  for (const auto& l : layouts) {
+    std::vector<std::string> sets = options.overrides;
+    sets.insert(sets.end(), l.overrides.begin(), l.overrides.end());
+    sets.push_back(fmt::format("train.batch_size={}", l.batch_size));
+    sets.push_back(fmt::format("train.grad_accum={}", l.grad_accum));
+    sets.push_back(fmt::format("train.global_batch={}", global_batch));
+    try {
+      make_plan(load_config(options.config, sets, l.processes), l.processes);
+    } catch (const InputError& e) {
+      throw InputError(fmt::format("--layouts: layout \"{}\": {}", l.text, e.what()));
+    }
+  }
   std::error_code ec;
   fs::create_directories(options.out_dir, ec);
   KOLOS_CHECK(!ec, "--out {}: cannot create the directory: {}", options.out_dir, ec.message());

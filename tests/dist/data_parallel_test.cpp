@@ -1,0 +1,190 @@
+// Data parallelism and ZeRO-1/2 across processes (kolos run over loopback), against one process and against the
+// analytical communication volumes (reference/yardsticks.md §5).
+//
+//   Parity   `kolos verify` trains the parity model on one process and under dp = 2 and 4 with zero = 0, 1, 2, with
+//            and without gradient accumulation: losses at all 20 steps and every final parameter within 1e-5
+//            (relative), each rank holding exactly its Plan's share (moments 2·flat/dp at zero ≥ 1, gradients
+//            flat/dp at zero 2) and the dp collectives counted as the algorithm has them.
+//   Bytes    per step and rank, plain dp sends 2(n−1)/n × the gradient bytes (all-reduce); ZeRO-1/2 move the same
+//            total as a reduce-scatter of the gradients plus an all-gather of the parameters. The gradient buffer is
+//            the parameters padded per bucket to a multiple of 16·n floats: the padding is stated and < 1%.
+//   Overlap  with small buckets, the first bucket's all-reduce starts before backward reaches the first block.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support.h"
+
+namespace kolos {
+namespace {
+
+nlohmann::json verify(const std::string& layouts, const std::string& out, int expected_exit = 0,
+                      std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {"verify", "--layouts", layouts, "--out", out};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto r = test::run_kolos(args);
+  EXPECT_EQ(r.exit_code, expected_exit) << r.output;
+  const std::string line = test::last_json_line(r.output);
+  if (line.empty()) {
+    ADD_FAILURE() << "no JSON line:\n" << r.output;
+    return nlohmann::json::object();
+  }
+  return nlohmann::json::parse(line);
+}
+
+void expect_all_ok(const nlohmann::json& j, size_t layouts) {
+  ASSERT_EQ(j["layouts"].size(), layouts) << j.dump(1);
+  for (const auto& l : j["layouts"]) {
+    EXPECT_TRUE(l["ok"].get<bool>()) << l.dump();
+    EXPECT_LE(l["loss_rel"].get<double>(), 1e-5) << l.dump();
+    EXPECT_LE(l["param_rel"].get<double>(), 1e-5) << l.dump();
+    EXPECT_EQ(l["shards"], "ok") << l.dump();
+    EXPECT_EQ(l["ops"], "ok") << l.dump();
+  }
+}
+
+TEST(DataParallelParity, TwoRanksZero012WithAndWithoutAccumulation) {
+  test::TempDir dir("parity_dp2");
+  auto j = verify("dp=2;dp=2,zero=1;dp=2,zero=2;dp=2,grad_accum=2;dp=2,zero=1,grad_accum=2;dp=2,zero=2,grad_accum=2",
+                  dir.path());
+  expect_all_ok(j, 6);
+}
+
+TEST(DataParallelParity, FourRanksZero012WithAndWithoutAccumulation) {
+  test::TempDir dir("parity_dp4");
+  // Global batch 8 over 4 ranks: micro-batches of 2, or of 1 with accumulation.
+  auto j = verify("dp=4;dp=4,zero=1;dp=4,zero=2;dp=4,grad_accum=2;dp=4,zero=1,grad_accum=2;dp=4,zero=2,grad_accum=2",
+                  dir.path());
+  expect_all_ok(j, 6);
+}
+
+TEST(DataParallelParity, SmallBucketsAndLlamaToo) {
+  test::TempDir dir("parity_llama");
+  // Several buckets (about one block each), so chunk boundaries fall inside parameters; LLaMA with GQA.
+  auto j = verify("dp=2,bucket_mb=0.1;dp=2,zero=2,bucket_mb=0.1", dir.path(), 0,
+                  {"--set", "model.arch=llama", "--set", "model.kv_heads=4", "--set", "model.tie_embeddings=false"});
+  expect_all_ok(j, 2);
+}
+
+TEST(Verify, OutOfToleranceIsExit4AndBadLayoutsExit2) {
+  test::TempDir dir("verify_exit");
+  // Accumulating ZeRO-2 sums micro-step reductions in another order than one process: ~1e-7, not 0.
+  auto j = verify("dp=2,zero=2,grad_accum=2", dir.path(), 4, {"--tolerance", "1e-12"});
+  ASSERT_EQ(j["layouts"].size(), 1u);
+  EXPECT_FALSE(j["ok"].get<bool>());
+  auto r = test::run_kolos({"verify", "--layouts", "dp=3", "--out", dir / "b"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("dp=3"), std::string::npos) << r.output;
+  r = test::run_kolos({"verify", "--layouts", "dp=2,colour=blue", "--out", dir / "c"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("colour"), std::string::npos) << r.output;
+  r = test::run_kolos({"verify", "--layouts", "tp=2", "--out", dir / "d"});
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("parallel.tp"), std::string::npos) << r.output;
+}
+
+// Trains the parity model for `steps` under kolos run; returns metrics.jsonl's step records.
+std::vector<nlohmann::json> train_records(const test::TempDir& dir, int n, std::vector<std::string> sets,
+                                          int steps = 3) {
+  std::vector<std::string> args = {"run", "-n", std::to_string(n), "--", KOLOS_BINARY, "train", "--config", "parity",
+                                   "--out", dir / "run", "--set", "train.mfu=false", "--set", "train.threads=1",
+                                   "--set", "train.steps=" + std::to_string(steps), "--set",
+                                   "train.batch_size=" + std::to_string(8 / n)};
+  for (const auto& s : sets) args.insert(args.end(), {"--set", s});
+  auto r = test::run_kolos(args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::vector<nlohmann::json> records;
+  std::ifstream in(dir / "run/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) records.push_back(j);
+  }
+  EXPECT_EQ(records.size(), static_cast<size_t>(steps));
+  return records;
+}
+
+nlohmann::json rank_report(const test::TempDir& dir, int rank) {
+  std::ifstream in(dir / ("run/ranks/rank_" + std::to_string(rank) + ".json"));
+  return nlohmann::json::parse(in);
+}
+
+int64_t bytes_of(const nlohmann::json& comm, const char* op, const char* phase) {
+  if (!comm.contains("dp") || !comm["dp"].contains(op) || !comm["dp"][op].contains(phase)) return 0;
+  return comm["dp"][op][phase]["bytes"].get<int64_t>();
+}
+
+TEST(DataParallelLedger, BytesPerStepAreTheAnalyticalVolumes) {
+  for (int n : {2, 4}) {
+    int64_t total_zero0 = 0;
+    for (int zero : {0, 1, 2}) {
+      SCOPED_TRACE("dp=" + std::to_string(n) + " zero=" + std::to_string(zero));
+      test::TempDir dir("ledger");
+      auto records = train_records(dir, n, {"parallel.zero=" + std::to_string(zero)});
+      if (records.empty()) return;
+      const auto report = rank_report(dir, 0);
+      const int64_t params = report["params"];  // the model's parameters (the reference count)
+      const int64_t flat = report["held"]["flat_numel"];
+      const double grad_bytes = 4.0 * static_cast<double>(params);
+      // Padding: each bucket rounds up to 16·n floats; stated, and small.
+      EXPECT_LT(static_cast<double>(flat - params) / static_cast<double>(params), 0.01) << flat << " vs " << params;
+      for (const auto& rec : records) {
+        const auto& comm = rec["comm"];
+        const double all_reduce = bytes_of(comm, "all_reduce", "backward");
+        const double reduce_scatter = bytes_of(comm, "reduce_scatter", "backward");
+        const double all_gather = bytes_of(comm, "all_gather", "optimizer");
+        if (zero == 0) {
+          EXPECT_NEAR(all_reduce, 2.0 * (n - 1) / n * grad_bytes, 0.01 * grad_bytes) << comm.dump();
+          EXPECT_EQ(reduce_scatter + all_gather, 0) << comm.dump();
+          total_zero0 = static_cast<int64_t>(all_reduce);
+        } else {
+          EXPECT_EQ(all_reduce, 0) << comm.dump();
+          EXPECT_NEAR(reduce_scatter, (n - 1.0) / n * grad_bytes, 0.01 * grad_bytes) << comm.dump();
+          EXPECT_NEAR(all_gather, (n - 1.0) / n * grad_bytes, 0.01 * grad_bytes) << comm.dump();
+          // The same total as plain data parallelism (exactly: the same padded buffer).
+          EXPECT_EQ(static_cast<int64_t>(reduce_scatter + all_gather), total_zero0) << comm.dump();
+        }
+      }
+      // Optimizer moments per rank: 1/n of the whole (2 moments × the padded parameters) at zero >= 1.
+      for (int r = 0; r < n; ++r) {
+        const auto rep = rank_report(dir, r);
+        const int64_t moments = rep["held"]["optim_numel"];
+        if (zero == 0) {
+          EXPECT_EQ(moments, 2 * flat);
+        } else {
+          EXPECT_EQ(moments * n, 2 * flat) << "rank " << r;
+          EXPECT_NEAR(static_cast<double>(moments), 2.0 * params / n, 0.01 * 2.0 * params / n);
+        }
+        EXPECT_EQ(rep["held"]["grad_numel"].get<int64_t>(), zero == 2 ? flat / n : flat) << "rank " << r;
+      }
+    }
+  }
+}
+
+TEST(DataParallelOverlap, FirstBucketReductionStartsBeforeBackwardReachesTheFirstBlock) {
+  test::TempDir dir("overlap");
+  auto records = train_records(dir, 2, {"parallel.bucket_mb=0.1", "train.trace_comm=true"});
+  ASSERT_FALSE(records.empty());
+  const int64_t buckets = rank_report(dir, 0)["held"]["buckets"];
+  ASSERT_GE(buckets, 4);
+  for (const auto& rec : records) {
+    const auto& trace = rec["comm_trace"];
+    int64_t first_start = -1;
+    int reductions = 0;
+    for (const auto& e : trace["events"])
+      if (e["axis"] == "dp" && e["op"] == "all_reduce" && e["phase"] == "backward") {
+        if (first_start < 0) first_start = e["start_us"];
+        ++reductions;
+      }
+    ASSERT_EQ(reductions, buckets) << trace.dump();
+    const int64_t first_block = trace["first_block_grad_us"];
+    const int64_t backward_start = trace["backward_start_us"], backward_end = trace["backward_end_us"];
+    EXPECT_GT(first_start, backward_start) << trace.dump();
+    EXPECT_LT(first_start, first_block) << "the first reduction waited for the first block: " << trace.dump();
+    EXPECT_LT(first_block, backward_end);
+  }
+}
+
+}  // namespace
+}  // namespace kolos
