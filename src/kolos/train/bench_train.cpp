@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kolos/config/config.h"
+#include "kolos/dist/env.h"
 #include "kolos/core/cli.h"
 #include "kolos/core/error.h"
 #include "kolos/core/units.h"
@@ -67,28 +68,33 @@ int bench_train_main(int argc, char** argv) {
   std::vector<std::string> sets = {"model.seq_len=256", "train.batch_size=4", "data.synthetic=true",
                                    "train.grad_accum=1", "optim.warmup_steps=0", "optim.lr=1e-4", "optim.min_lr=1e-5"};
   sets.insert(sets.end(), overrides.begin(), overrides.end());
-  Config config = load_config(config_name.empty() ? std::string("gpt2-small") : config_name, sets);
+  // Under kolos run (or torchrun ...) every rank trains its share of the layout in [parallel]; rank 0 reports.
+  const dist::DistEnv env = dist::read_dist_env();
+  Config config = load_config(config_name.empty() ? std::string("gpt2-small") : config_name, sets, env.world_size);
   config.train.steps = warmup + steps;
   RunOptions options;
   options.write_run_dir = false;
   options.final_eval = false;
 
-  const int threads = configure_threads(config.train.threads);
+  const int threads = configure_threads(config.train.threads, env.local_world_size);
+  const bool rank0 = env.rank == 0;
   GemmBenchOptions gemm_options;
   gemm_options.bf16 = false;
   const GemmBenchResult gemm = run_gemm_bench(2048, threads, gemm_options);
 
-  Trainer trainer(config, options);
+  Trainer trainer(config, options, env);
   const auto& m = config.model;
-  std::printf("kolos bench train: %s, %ld layers, hidden %ld, heads %ld, vocab %ld, seq %ld, batch %ld, %d threads\n",
+  if (rank0)
+    std::printf("kolos bench train: %s, %ld layers, hidden %ld, heads %ld, vocab %ld, seq %ld, batch %ld, %d threads\n",
               m.arch.c_str(), m.layers, m.hidden, m.heads, m.vocab, m.seq_len, config.train.batch_size, threads);
   std::vector<double> step_ms, fwd_bwd_ms, optim_ms;
   int64_t tokens_per_step = 0;
   for (int64_t s = 0; s < warmup + steps; ++s) {
     StepResult r = trainer.train_step(s);
     tokens_per_step = r.tokens;
-    std::printf("  step %ld: %.0f ms (forward+backward %.0f, optimizer %.0f), loss %.4f%s\n", s, r.step_ms,
-                r.fwd_bwd_ms, r.optim_ms, r.loss, s < warmup ? " (warm-up)" : "");
+    if (rank0)
+      std::printf("  step %ld: %.0f ms (forward+backward %.0f, optimizer %.0f), loss %.4f%s\n", s, r.step_ms,
+                  r.fwd_bwd_ms, r.optim_ms, r.loss, s < warmup ? " (warm-up)" : "");
     std::fflush(stdout);
     if (s < warmup) continue;
     step_ms.push_back(r.step_ms);
@@ -102,12 +108,16 @@ int bench_train_main(int argc, char** argv) {
                         {"step_ms_median", med},
                         {"fwd_bwd_ms", median(fwd_bwd_ms)},
                         {"optim_ms", median(optim_ms)},
-                        {"mfu", tps * trainer.flops_per_token() / (gemm.fp32_gflops * 1e9)},
+                        {"mfu", tps / env.world_size * trainer.flops_per_token() / (gemm.fp32_gflops * 1e9)},  // per rank
                         {"peak_rss_mb", peak_rss_bytes() / 1048576.0},
                         {"threads", threads},
+                        {"world_size", env.world_size},
+                        {"layout", trainer.plan().describe()},
+                        {"tokens_per_s_per_rank", tps / env.world_size},
                         {"gemm_fp32_gflops", gemm.fp32_gflops},
                         {"params", trainer.model().num_params()},
                         {"flops_per_token", trainer.flops_per_token()}};
+  if (!rank0) return 0;
   if (pytorch) {
     KOLOS_CHECK(m.arch == "gpt2", "bench train --pytorch: the PyTorch reference is GPT-2 only, got model.arch = {}", m.arch);
     const std::string cmd = fmt::format(
