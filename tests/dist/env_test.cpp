@@ -17,7 +17,8 @@ const char* const kVariables[] = {
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
     "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE",
-    "SLURM_TASKS_PER_NODE", "SLURM_NODEID", "SLURM_JOB_NODELIST", "SLURM_NODELIST"};
+    "SLURM_TASKS_PER_NODE", "SLURM_NODEID", "SLURM_JOB_NODELIST", "SLURM_NODELIST",
+    "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT"};
 
 class DistEnvTest : public ::testing::Test {
  protected:
@@ -73,6 +74,18 @@ TEST_F(DistEnvTest, Torchrun) {
   EXPECT_EQ(env.local_world_size, 4);
   EXPECT_EQ(env.master_addr, "node0");
   EXPECT_EQ(env.master_port, 12345);
+}
+
+TEST_F(DistEnvTest, TorchrunAgentStore) {
+  // torchrun's static rendezvous: its agent serves the store, keys per restart attempt.
+  set({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", "29511"},
+       {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RESTART_COUNT", "2"}});
+  DistEnv env = read_dist_env();
+  EXPECT_TRUE(env.agent_store);
+  EXPECT_EQ(env.restart_count, 2);
+  set({{"TORCHELASTIC_USE_AGENT_STORE", "False"}});
+  env = read_dist_env();
+  EXPECT_FALSE(env.agent_store);
 }
 
 TEST_F(DistEnvTest, TorchrunWinsOverSlurm) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -11,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/dist/train_runs.h"
 #include "tests/support.h"
 
 namespace kolos {
@@ -18,13 +20,6 @@ namespace {
 
 const std::string kScript = std::string(KOLOS_SOURCE_DIR) + "/tests/dist/netns.sh";
 constexpr const char* kMaster = "198.18.0.1:29500";  // node 0's address; each namespace has its own ports
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 struct TwoHosts {
   bool skipped = false;   // namespaces cannot be created here; `output` says why
@@ -63,18 +58,23 @@ std::string kolos_run_node(int node_rank, const std::string& log, const std::str
          kMaster + (node_rank == 0 ? "" : " --tee") + " -- " + KOLOS_BINARY + " " + payload + " > " + log + " 2>&1";
 }
 
+// netns.sh's output and both nodes' logs (written by kolos_run_node to dir/node0.log and dir/node1.log).
+std::string logs_of(const TwoHosts& r, const test::TempDir& dir) {
+  return r.output + "\n--- node 0:\n" + test::read_text(dir / "node0.log") + "\n--- node 1:\n" +
+         test::read_text(dir / "node1.log");
+}
+
 TEST(Netns, BenchCommAcrossTwoHosts) {
   test::TempDir dir("netns-bench-comm");
   const std::string payload = "bench comm --min-size 1KiB --max-size 16KiB --timeout 30";
   const auto r = run_two_hosts(kolos_run_node(0, dir / "node0.log", payload),
                                kolos_run_node(1, dir / "node1.log", payload), 50);
   if (r.skipped) GTEST_SKIP() << "no network namespaces here (needs root): " << r.output;
-  const std::string logs = r.output + "\n--- node 0:\n" + read_file(dir / "node0.log") + "\n--- node 1:\n" +
-                           read_file(dir / "node1.log");
+  const std::string logs = logs_of(r, dir);
   expect_namespaces_removed(r);
   ASSERT_EQ(r.exit_code, 0) << logs;
 
-  const std::string line = test::last_json_line(read_file(dir / "node0.log"));
+  const std::string line = test::last_json_line(test::read_text(dir / "node0.log"));
   ASSERT_FALSE(line.empty()) << logs;
   const auto j = nlohmann::json::parse(line);
   EXPECT_EQ(j["world"], 4) << line;
@@ -88,6 +88,27 @@ TEST(Netns, BenchCommAcrossTwoHosts) {
     EXPECT_GT(algbw, 0.0) << row;
     EXPECT_NEAR(row["busbw_gbps"].get<double>(), algbw * (row["op"] == "all_reduce" ? 1.5 : 0.75), 1e-9 * algbw);
   }
+}
+
+TEST(Netns, TrainingAcrossTwoHostsMatchesOneProcess) {
+  // 4 ranks (dp = 4), 2 on each node: the parity recipe's global batch 8 as micro-batches of 2, against one process
+  // taking it as 4 accumulated micro-batches of 2. Each node has its own run directory, as separate hosts would:
+  // global rank 0 (node 0) writes metrics.jsonl, every rank its own ranks/rank_R.json.
+  constexpr int kSteps = 20;
+  test::TempDir dir("netns-train");
+  const auto payload = [&](int node) {
+    return test::parity_train_args(dir / ("node" + std::to_string(node)), 2, kSteps);
+  };
+  const auto r = run_two_hosts(kolos_run_node(0, dir / "node0.log", payload(0)),
+                               kolos_run_node(1, dir / "node1.log", payload(1)), 90);
+  if (r.skipped) GTEST_SKIP() << "no network namespaces here (needs root): " << r.output;
+  const std::string logs = logs_of(r, dir);
+  expect_namespaces_removed(r);
+  ASSERT_EQ(r.exit_code, 0) << logs;
+
+  test::expect_losses_match(dir / "node0", test::one_process_losses(dir / "one", 2, kSteps));
+  for (int rank = 0; rank < 4; ++rank) test::expect_rank_joined(dir / (rank < 2 ? "node0" : "node1"), rank, 4);
+  EXPECT_FALSE(std::filesystem::exists(dir / "node1/metrics.jsonl")) << "a rank other than 0 wrote metrics";
 }
 
 TEST(Netns, AFailingNodeStopsTheOtherAndLeavesNothing) {

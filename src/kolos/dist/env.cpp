@@ -79,6 +79,9 @@ DistEnv read_torchrun() {
   env.local_world_size = int_or("LOCAL_WORLD_SIZE", env.world_size);
   check_consistent(env, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE");
   read_master(env, env.world_size > 1, "torchrun and `kolos run` set it; set it by hand when setting RANK yourself");
+  // torchrun's static rendezvous: its agent already serves the store at MASTER_ADDR:MASTER_PORT.
+  env.agent_store = get("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
+  env.restart_count = int_or("TORCHELASTIC_RESTART_COUNT", 0);
   return env;
 }
 

@@ -33,6 +33,11 @@ struct DistEnv {
   std::string master_addr = "127.0.0.1";  // host of rank 0's rendezvous store
   int master_port = kDefaultMasterPort;
   std::string launcher = "single";  // "torchrun", "mpirun", "slurm" or "single"
+  // torchrun with its default (static) rendezvous: TORCHELASTIC_USE_AGENT_STORE=True says its agent serves the
+  // store at the master address, so no rank may start one; keys then live under /worker/attempt_<restart_count>
+  // (TORCHELASTIC_RESTART_COUNT), as PyTorch's own ranks use them.
+  bool agent_store = false;
+  int restart_count = 0;
 };
 
 // Reads the process environment (see the table above). Throws InputError on missing or inconsistent variables.

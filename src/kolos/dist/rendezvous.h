@@ -9,7 +9,8 @@
 
 namespace kolos::dist {
 
-// Rank 0 listens on env.master_port; every rank (rank 0 included) connects to env.master_addr. Returns once this
+// Rank 0 listens on env.master_port (unless torchrun's agent already does: env.agent_store); every rank (rank 0
+// included) connects to env.master_addr. Returns once this
 // rank is connected (not waiting for the others: the first collective does). A master that cannot be reached within
 // `timeout`, or a port rank 0 cannot bind, throws PeerError naming the rank and the address.
 c10::intrusive_ptr<c10d::Store> connect_store(const DistEnv& env, std::chrono::milliseconds timeout);

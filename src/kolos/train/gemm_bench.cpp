@@ -101,6 +101,10 @@ std::string ensure_passive_omp_wait() {
   return fmt::format("default (re-executing with PASSIVE failed: {})", std::strerror(errno));
 }
 
+void set_blas_threads(int threads) {
+  if (auto set = openblas_function<void (*)(int)>("openblas_set_num_threads")) set(threads);
+}
+
 GemmBenchResult run_gemm_bench(int64_t n, int threads, const GemmBenchOptions& options) {
   KOLOS_CHECK(n > 0, "gemm benchmark: matrix size must be positive, got {}", n);
   KOLOS_CHECK(options.repeats > 0 && options.warmup >= 0,
@@ -112,7 +116,7 @@ GemmBenchResult run_gemm_bench(int64_t n, int threads, const GemmBenchOptions& o
 
   // at::set_num_threads sets OpenMP's count (and MKL's) but not OpenBLAS's, which does the fp32 products here.
   r.blas = blas_library();
-  if (auto set = openblas_function<void (*)(int)>("openblas_set_num_threads")) set(r.threads);
+  set_blas_threads(r.threads);
   if (auto get = openblas_function<int (*)()>("openblas_get_num_threads")) r.blas_threads = get();
   if (auto config = openblas_function<char* (*)()>("openblas_get_config")) {
     r.blas_config = config();

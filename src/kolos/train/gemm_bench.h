@@ -36,6 +36,9 @@ GemmBenchResult run_gemm_bench(int64_t n, int threads, const GemmBenchOptions& o
 // Cores this process may run on (its CPU affinity mask), at least 1.
 int available_cores();
 
+// Sets OpenBLAS's own thread pool to `threads` (at::set_num_threads does not reach it); no-op for other BLAS.
+void set_blas_threads(int threads);
+
 // Resolved path of the shared object that provides the BLAS `sgemm_` LibTorch calls (Debian: libblas.so.3 through
 // the alternatives system, e.g. .../openblas-pthread/libblas.so.3, or .../blas/libblas.so.3 for the slow
 // reference BLAS); "" when no BLAS is loaded.

@@ -52,6 +52,7 @@ int configure_threads(int64_t threads, int local_ranks) {
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   const int n = threads > 0 ? static_cast<int>(threads) : cores / std::max(1, local_ranks);
   at::set_num_threads(std::max(1, n));
+  set_blas_threads(at::get_num_threads());  // OpenBLAS keeps its own pool, else 2 ranks run 4 threads on 2 cores
   return at::get_num_threads();
 }
 

@@ -103,7 +103,8 @@ class Trainer {
   double elapsed_s_ = 0;  // training time of earlier runs of this run directory
 };
 
-// Sets intra-op threads (train.threads; 0 = the cores divided among `local_ranks` processes) and returns the count.
+// Sets LibTorch's and OpenBLAS's threads (train.threads; 0 = the cores divided among `local_ranks` processes) and
+// returns the count.
 int configure_threads(int64_t threads, int local_ranks = 1);
 
 }  // namespace kolos::train
