@@ -23,7 +23,9 @@ using Clock = std::chrono::steady_clock;
 // Runs `body(comm, rank)` on `n` threads, each with its own Comm of axis "dp" over one HashStore. The Comms are
 // destroyed only once every thread has finished, so no rank tears its connections down under a slower peer.
 // The first exception of any rank is rethrown here.
-void run_ranks(int n, const std::function<void(Comm&, int)>& body, std::chrono::milliseconds timeout = 20s) {
+// With `shm_slot_bytes` > 0 the Comms use shared memory for all-reduces, staging pieces of that size.
+void run_ranks(int n, const std::function<void(Comm&, int)>& body, std::chrono::milliseconds timeout = 20s,
+               int64_t shm_slot_bytes = 0) {
   auto store = c10::make_intrusive<c10d::HashStore>();
   std::vector<std::shared_ptr<Comm>> comms(n);
   std::vector<std::exception_ptr> errors(n);
@@ -34,6 +36,8 @@ void run_ranks(int n, const std::function<void(Comm&, int)>& body, std::chrono::
         Comm::Options options;
         options.timeout = timeout;
         options.hostname = "127.0.0.1";
+        options.shm = shm_slot_bytes > 0;
+        if (options.shm) options.shm_slot_bytes = shm_slot_bytes;
         comms[r] = Comm::create(store, r, n, "dp", options);
         body(*comms[r], r);
       } catch (...) {
@@ -82,6 +86,39 @@ TEST_P(CommTest, AllReduceSumAvgMaxMin) {
     expect_close(max, stacked.amax(0), "max");
     expect_close(min, stacked.amin(0), "min");
   });
+}
+
+// Shared memory (ranks on one machine): sums in rank order, so fp32 results equal x0 + x1 + ... bit for bit on every
+// rank; tensors many times the 4 KiB slot, sizes not divisible by the group; async ops complete in call order
+// whatever order they are waited in; the ledger counts them like Gloo's.
+TEST_P(CommTest, SharedMemoryAllReduceSumsInRankOrder) {
+  const int n = GetParam();
+  std::vector<at::Tensor> in32;
+  for (const auto& x : rank_inputs(n, {10007}, 7)) in32.push_back(x.to(at::kFloat));
+  at::Tensor want = in32[0].clone();
+  for (int r = 1; r < n; ++r) want += in32[r];
+  auto in64 = rank_inputs(n, {3, 333}, 8);
+  run_ranks(
+      n,
+      [&](Comm& comm, int r) {
+        ASSERT_TRUE(comm.uses_shm());
+        at::Tensor sum = in32[r].clone(), avg = in32[r].clone(), d = in64[r].clone(), mx = in64[r].clone();
+        Handle h1 = comm.all_reduce_async(sum);
+        Handle h2 = comm.all_reduce_async(avg, ReduceOp::kAvg);
+        Handle h3 = comm.all_reduce_async(d);
+        comm.all_reduce(mx, ReduceOp::kMax);  // not a sum: through Gloo
+        h3.wait();
+        h2.wait();
+        h1.wait();
+        EXPECT_TRUE(at::equal(sum, want)) << "max |diff| " << (sum - want).abs().max().item<double>();
+        EXPECT_TRUE(at::equal(avg, want / n));
+        expect_close(d, stack_sum(in64), "fp64 sum");
+        expect_close(mx, at::stack(in64).amax(0), "max");
+        EXPECT_EQ(comm.ledger().calls("dp", "all_reduce", Phase::kOther), 4);
+        EXPECT_EQ(comm.ledger().bytes("dp", "all_reduce", Phase::kOther),
+                  algorithmic_bytes("all_reduce", 10007 * 4, n) * 2 + algorithmic_bytes("all_reduce", 999 * 8, n) * 2);
+      },
+      20s, 4096);
 }
 
 // Contract: chunks of c = ceil(N / n) elements over the input zero-padded to n·c; rank r gets [r·c, (r+1)·c).
@@ -308,6 +345,30 @@ TEST(CommErrorsTest, SilentPeerBecomesPeerErrorWithinTimeout) {
 }
 
 // A rank that never joins the group: create() itself becomes PeerError, not a hang.
+TEST(CommErrorsTest, SharedMemoryPeerThatNeverArrivesIsPeerError) {
+  std::string message;
+  const auto start = Clock::now();
+  run_ranks(
+      2,
+      [&](Comm& comm, int r) {
+        ASSERT_TRUE(comm.uses_shm());
+        if (r == 1) {
+          std::this_thread::sleep_for(2500ms);  // alive but silent
+          return;
+        }
+        at::Tensor t = at::ones({1000});
+        try {
+          comm.all_reduce(t);
+        } catch (const PeerError& e) {
+          message = e.what();
+        }
+      },
+      1s, 4096);
+  EXPECT_NE(message.find("rank 1"), std::string::npos) << message;
+  EXPECT_NE(message.find("all_reduce"), std::string::npos) << message;
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - start).count(), 10.0);
+}
+
 TEST(CommErrorsTest, MissingPeerAtRendezvousBecomesPeerError) {
   auto store = c10::make_intrusive<c10d::HashStore>();
   Comm::Options options;

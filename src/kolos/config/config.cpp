@@ -91,6 +91,7 @@ void for_each_key(Config& c, F&& f) {
   f("dist", "backend", ds.backend);
   f("dist", "timeout_s", ds.timeout_s);
   f("dist", "iface", ds.iface);
+  f("dist", "shm", ds.shm);
 }
 
 const char* kSections[] = {"model", "data", "train", "optim", "parallel", "memory", "dist"};

@@ -99,6 +99,7 @@ struct DistConfig {
   std::string backend = "gloo";
   double timeout_s = 300.0;
   std::string iface = "";
+  bool shm = true;  // fp32 all-reduces among the ranks of one machine through shared memory instead of TCP
 };
 
 struct Config {

@@ -40,6 +40,8 @@ int bench_comm_main(int argc, char** argv) {
   app.add_option("--min-size", min_text, "smallest message (default 1KiB)");
   app.add_option("--max-size", max_text, "largest message (default 256MiB)");
   app.add_option("--timeout", timeout_s, "seconds a peer may stay silent (default 120)")->check(CLI::PositiveNumber);
+  bool no_shm = false;
+  app.add_flag("--no-shm", no_shm, "all-reduce through Gloo's TCP even when every rank is on this machine");
   if (!parse_args(app, argc, argv)) return 0;
   const int64_t min_bytes = parse_bytes(min_text, "--min-size");
   const int64_t max_bytes = parse_bytes(max_text, "--max-size");
@@ -71,6 +73,7 @@ int bench_comm_main(int argc, char** argv) {
   Comm::Options co;
   co.timeout = timeout;
   co.iface = iface;
+  co.shm = !no_shm;
   auto comm = Comm::create(store, env.rank, env.world_size, "world", co);
   const int n = env.world_size;
 
@@ -111,7 +114,7 @@ int bench_comm_main(int argc, char** argv) {
       rows.push_back({{"op", r.op}, {"bytes", r.bytes}, {"time_us", r.seconds * 1e6}, {"algbw_gbps", algbw},
                       {"busbw_gbps", busbw}});
     }
-    std::printf("%s\n", nlohmann::json{{"world", n}, {"iface", co.iface}, {"results", rows}}.dump().c_str());
+    std::printf("%s\n", nlohmann::json{{"world", n}, {"iface", co.iface}, {"all_reduce_shm", comm->uses_shm()}, {"results", rows}}.dump().c_str());
   }
   comm->barrier();
   return 0;

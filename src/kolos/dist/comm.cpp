@@ -7,6 +7,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include "kolos/core/error.h"
+#include "kolos/dist/shm.h"
 
 namespace kolos::dist {
 
@@ -124,6 +125,7 @@ std::shared_ptr<Comm> Comm::create(const c10::intrusive_ptr<c10d::Store>& store,
   }
   try {
     comm->group_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, gloo_options);
+    if (options.shm) comm->shm_ = ShmGroup::create(store, rank, size, options.timeout, options.shm_slot_bytes);
   } catch (const std::exception& e) {
     throw PeerError(fmt::format("rendezvous of axis '{}' (rank {} of {}) failed: not every rank joined within {} ms "
                                 "({})",
@@ -162,6 +164,11 @@ Handle Comm::all_reduce_async(const at::Tensor& tensor, ReduceOp op) {
   check_tensor(tensor, "all_reduce", "input");
   check_avg(tensor, op, "all_reduce");
   Launch l{"all_reduce", algorithmic_bytes("all_reduce", nbytes(tensor), size_)};
+  if (shm_ && ShmGroup::supports(tensor) && (op == ReduceOp::kSum || op == ReduceOp::kAvg)) {
+    l.issue = [this, tensor, op] { return shm_->all_reduce(tensor, op == ReduceOp::kAvg); };
+    l.has_future = false;
+    return launch(std::move(l));
+  }
   l.issue = [this, tensor, op] {
     std::vector<at::Tensor> tensors{tensor};
     c10d::AllreduceOptions opts;

@@ -29,6 +29,8 @@
 
 namespace kolos::dist {
 
+class ShmGroup;
+
 enum class ReduceOp { kSum, kAvg, kMax, kMin };
 
 // The pending result of an `_async` op.
@@ -58,6 +60,10 @@ class Comm {
     // are empty, the address this host's name resolves to (127.0.0.1 on many hosts: fine for one machine only).
     std::string iface;
     std::string hostname;
+    // When every rank of the group runs on this machine, fp32/fp64 sum and average all-reduces go through shared memory
+    // (kolos/dist/shm.h) instead of Gloo's TCP; everything else stays on Gloo. `shm_slot_bytes`: the staged piece.
+    bool shm = false;
+    int64_t shm_slot_bytes = 8 << 20;
     // Shared with the other Comms of a mesh; a fresh ledger when null.
     std::shared_ptr<Ledger> ledger;
   };
@@ -74,6 +80,8 @@ class Comm {
   Comm& operator=(const Comm&) = delete;
 
   int rank() const { return rank_; }
+  // Whether fp32/fp64 sum/average all-reduces use shared memory (Options::shm and every rank on this machine).
+  bool uses_shm() const { return shm_ != nullptr; }
   int size() const { return size_; }
   const std::string& axis() const { return axis_; }
   std::chrono::milliseconds timeout() const { return timeout_; }
@@ -134,6 +142,7 @@ class Comm {
   std::chrono::milliseconds timeout_;
   std::shared_ptr<Ledger> ledger_;
   c10::intrusive_ptr<c10d::ProcessGroup> group_;
+  std::unique_ptr<ShmGroup> shm_;
 };
 
 }  // namespace kolos::dist

@@ -64,6 +64,7 @@ Trainer::Trainer(Config config, RunOptions options, dist::DistEnv env)
     dist::Comm::Options co;
     co.timeout = timeout;
     co.iface = dist::resolve_gloo_interface(config_.dist.iface, env_.master_addr, env_.master_port);
+    co.shm = config_.dist.shm;
     auto store = dist::connect_store(env_, timeout);
     mesh_ = dist::Mesh::create(store, env_.rank, env_.world_size,
                                dist::MeshShape{plan_.pp, plan_.dp, plan_.sp, plan_.tp}, co);

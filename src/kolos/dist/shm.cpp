@@ -1,0 +1,245 @@
+#include "kolos/dist/shm.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "kolos/core/error.h"
+
+namespace kolos::dist {
+
+namespace {
+
+constexpr size_t kLine = 64;  // one cache line per barrier counter
+
+std::string read_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) { return {s.begin(), s.end()}; }
+std::string string_of(const std::vector<uint8_t>& v) { return {v.begin(), v.end()}; }
+
+long futex(uint32_t* addr, int op, uint32_t value, const timespec* timeout) {
+  return ::syscall(SYS_futex, addr, op, value, timeout, nullptr, 0);
+}
+
+// A Work completed by the group's worker thread.
+class ShmWork : public c10d::Work {
+ public:
+  void complete(std::exception_ptr error) { finish(std::move(error)); }
+};
+
+}  // namespace
+
+std::string local_host_id() {
+  char ns[64] = {};
+  const ssize_t n = ::readlink("/proc/self/ns/net", ns, sizeof(ns) - 1);
+  return read_line("/proc/sys/kernel/random/boot_id") + "/" + (n > 0 ? std::string(ns, static_cast<size_t>(n)) : "");
+}
+
+std::unique_ptr<ShmGroup> ShmGroup::create(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                                           std::chrono::milliseconds timeout, int64_t slot_bytes,
+                                           std::string* why_not) {
+  auto fail = [&](const std::string& reason) -> std::unique_ptr<ShmGroup> {
+    if (why_not) *why_not = reason;
+    return nullptr;
+  };
+  if (size < 2) return fail("a group of one");
+  // Every rank must agree, so each publishes its host id and whether it could map the segment.
+  const std::string host = local_host_id();
+  store->set(fmt::format("shm/host/{}", rank), bytes_of(host));
+  bool local = true;
+  for (int r = 0; r < size; ++r)
+    if (string_of(store->get(fmt::format("shm/host/{}", r))) != host) local = false;
+  if (!local) return fail("the ranks are on different machines");
+
+  const int64_t slot_floats = std::max<int64_t>(kLine / 4, slot_bytes / 4 / static_cast<int64_t>(kLine / 4) *
+                                                              static_cast<int64_t>(kLine / 4));
+  const size_t bytes = kLine * static_cast<size_t>(size) + static_cast<size_t>(slot_floats) * 4 * size;
+  std::string name;
+  if (rank == 0) {
+    std::random_device rd;
+    name = fmt::format("/kolos-{}-{:x}", ::getpid(), (static_cast<uint64_t>(rd()) << 32) | rd());
+    const int fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    bool ok = fd >= 0 && ::ftruncate(fd, static_cast<off_t>(bytes)) == 0;
+    if (fd >= 0) ::close(fd);
+    store->set("shm/name", bytes_of(ok ? name : std::string()));
+  }
+  name = string_of(store->get("shm/name"));
+  void* base = MAP_FAILED;
+  if (!name.empty()) {
+    const int fd = ::shm_open(name.c_str(), O_RDWR, 0600);
+    if (fd >= 0) {
+      base = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      ::close(fd);
+    }
+  }
+  store->set(fmt::format("shm/mapped/{}", rank), bytes_of(base != MAP_FAILED ? "1" : "0"));
+  bool all_mapped = true;
+  for (int r = 0; r < size; ++r)
+    if (string_of(store->get(fmt::format("shm/mapped/{}", r))) != "1") all_mapped = false;
+  if (rank == 0 && !name.empty()) ::shm_unlink(name.c_str());  // every rank has opened it (or given up)
+  if (!all_mapped) {
+    if (base != MAP_FAILED) ::munmap(base, bytes);
+    return fail(name.empty() ? "rank 0 could not create a shared-memory segment"
+                             : "a rank could not map the shared-memory segment");
+  }
+  return std::unique_ptr<ShmGroup>(new ShmGroup(rank, size, timeout, slot_floats, base, bytes));
+}
+
+ShmGroup::ShmGroup(int rank, int size, std::chrono::milliseconds timeout, int64_t slot_floats, void* base,
+                   size_t bytes)
+    : rank_(rank), size_(size), timeout_(timeout), slot_floats_(slot_floats), base_(base), bytes_(bytes) {
+  // Next to this rank's barrier counter: its pid, so a waiting peer can tell a dead rank from a slow one.
+  __atomic_store_n(counter(rank_) + 1, static_cast<uint32_t>(::getpid()), __ATOMIC_RELEASE);
+  scratch_.resize(static_cast<size_t>((slot_floats_ + size_ - 1) / size_ + 2));  // + 2: room for doubles
+  worker_ = std::thread([this] { worker_loop(); });
+}
+
+ShmGroup::~ShmGroup() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+  ::munmap(base_, bytes_);
+}
+
+bool ShmGroup::supports(const at::Tensor& tensor) {
+  return tensor.defined() && tensor.device().is_cpu() && tensor.is_contiguous() &&
+         (tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble);
+}
+
+uint32_t* ShmGroup::counter(int rank) const {
+  return reinterpret_cast<uint32_t*>(static_cast<char*>(base_) + kLine * static_cast<size_t>(rank));
+}
+
+float* ShmGroup::slot(int rank) const {
+  return reinterpret_cast<float*>(static_cast<char*>(base_) + kLine * static_cast<size_t>(size_)) +
+         slot_floats_ * rank;
+}
+
+c10::intrusive_ptr<c10d::Work> ShmGroup::all_reduce(const at::Tensor& tensor, bool average) {
+  KOLOS_ASSERT(supports(tensor), "ShmGroup::all_reduce_sum needs a contiguous fp32 or fp64 CPU tensor");
+  auto work = c10::make_intrusive<ShmWork>();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back([this, tensor, work, average] {
+      std::exception_ptr error;
+      try {
+        KOLOS_CHECK(!broken_, "an earlier shared-memory collective of this group failed");
+        if (tensor.scalar_type() == at::kFloat)
+          run_all_reduce(tensor.data_ptr<float>(), tensor.numel(), average);
+        else
+          run_all_reduce(tensor.data_ptr<double>(), tensor.numel(), average);
+      } catch (...) {
+        broken_ = true;
+        error = std::current_exception();
+      }
+      work->complete(error);
+    });
+  }
+  cv_.notify_one();
+  return work;
+}
+
+void ShmGroup::worker_loop() {
+  // The worker copies and sums while the compute threads run; a barrier waits on the slowest rank's worker, so a
+  // worker that has to queue behind a compute thread for a time slice stalls every rank. Ask for a higher priority
+  // (allowed with CAP_SYS_NICE, else silently kept at the default).
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), -10);
+  for (;;) {
+    std::function<void()> op;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ and nothing left
+      op = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    op();
+  }
+}
+
+void ShmGroup::barrier() {
+  ++generation_;
+  const uint32_t g = generation_;
+  __atomic_store_n(counter(rank_), g, __ATOMIC_RELEASE);
+  futex(counter(rank_), FUTEX_WAKE, INT_MAX, nullptr);
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  for (int q = 0; q < size_; ++q) {
+    if (q == rank_) continue;
+    uint32_t* c = counter(q);
+    for (int spin = 0;; ++spin) {
+      const uint32_t seen = __atomic_load_n(c, __ATOMIC_ACQUIRE);
+      if (static_cast<int32_t>(seen - g) >= 0) break;
+      if (spin < 256) {
+        __builtin_ia32_pause();
+        continue;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      const auto pid = static_cast<pid_t>(__atomic_load_n(c + 1, __ATOMIC_ACQUIRE));
+      if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH)
+        throw PeerError(fmt::format("rank {} (pid {}) died before the shared-memory barrier", q, pid));
+      if (now >= deadline)
+        throw PeerError(fmt::format("rank {} did not reach the shared-memory barrier within {} ms", q,
+                                    timeout_.count()));
+      const timespec wait = {0, 2'000'000};  // re-check the deadline every 2 ms
+      futex(c, FUTEX_WAIT, seen, &wait);
+    }
+  }
+}
+
+template <typename T>
+void ShmGroup::run_all_reduce(T* data, int64_t numel, bool average) {
+  // A slot holds slot_floats_ floats, or half as many doubles.
+  const int64_t n = size_, capacity = slot_floats_ * 4 / static_cast<int64_t>(sizeof(T));
+  auto slot = [this](int r) { return reinterpret_cast<T*>(this->slot(r)); };
+  for (int64_t off = 0; off < numel; off += capacity) {
+    const int64_t piece = std::min(capacity, numel - off);
+    const int64_t seg = (piece + n - 1) / n;
+    std::memcpy(slot(rank_), data + off, static_cast<size_t>(piece) * sizeof(T));
+    barrier();
+    // This rank's segment, summed over the slots in rank order (the same order whichever rank sums it).
+    const int64_t s0 = std::min(piece, rank_ * seg), s1 = std::min(piece, s0 + seg);
+    if (s1 > s0) {
+      T* acc = reinterpret_cast<T*>(scratch_.data());
+      std::memcpy(acc, slot(0) + s0, static_cast<size_t>(s1 - s0) * sizeof(T));
+      for (int q = 1; q < size_; ++q) {
+        const T* x = slot(q) + s0;
+        for (int64_t i = 0; i < s1 - s0; ++i) acc[i] += x[i];
+      }
+      if (average) {  // divided while the segment is in cache (as Tensor::div_ would, element by element)
+        const T divisor = static_cast<T>(size_);
+        for (int64_t i = 0; i < s1 - s0; ++i) acc[i] /= divisor;
+      }
+      // Only this rank reads its own slot's segment: it may be overwritten while the others still read theirs.
+      std::memcpy(slot(rank_) + s0, acc, static_cast<size_t>(s1 - s0) * sizeof(T));
+    }
+    barrier();  // every segment is summed
+    for (int q = 0; q < size_; ++q) {
+      const int64_t q0 = std::min(piece, q * seg), q1 = std::min(piece, q0 + seg);
+      if (q1 > q0) std::memcpy(data + off + q0, slot(q) + q0, static_cast<size_t>(q1 - q0) * sizeof(T));
+    }
+    barrier();  // every rank has copied out before the slots take the next piece
+  }
+}
+
+}  // namespace kolos::dist
