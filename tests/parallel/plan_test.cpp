@@ -8,9 +8,15 @@
 namespace kolos {
 namespace {
 
+// The parity recipe with the global batch derived (so any dp fits) and `sets` on top.
+Config parity(std::vector<std::string> sets, int world) {
+  sets.insert(sets.begin(), "train.global_batch=0");
+  return load_config("parity", sets, world);
+}
+
 std::string plan_error(std::vector<std::string> sets, int world) {
   try {
-    parallel::make_plan(load_config("parity", sets, world), world);
+    parallel::make_plan(parity(sets, world), world);
   } catch (const InputError& e) {
     return e.what();
   }
@@ -18,12 +24,12 @@ std::string plan_error(std::vector<std::string> sets, int world) {
 }
 
 TEST(Plan, DpDerivesFromTheWorldSize) {
-  auto p = parallel::make_plan(load_config("parity", {}, 4), 4);
+  auto p = parallel::make_plan(parity({}, 4), 4);
   EXPECT_EQ(p.dp, 4);
   EXPECT_EQ(p.world, 4);
   EXPECT_EQ(p.describe(), "dp=4");
-  EXPECT_EQ(parallel::make_plan(load_config("parity", {}, 1), 1).describe(), "1 process");
-  auto z = parallel::make_plan(load_config("parity", {"parallel.dp=2", "parallel.zero=2"}, 2), 2);
+  EXPECT_EQ(parallel::make_plan(parity({}, 1), 1).describe(), "1 process");
+  auto z = parallel::make_plan(parity({"parallel.dp=2", "parallel.zero=2"}, 2), 2);
   EXPECT_EQ(z.dp, 2);
   EXPECT_EQ(z.zero, 2);
   EXPECT_EQ(z.describe(), "dp=2, zero=2");
@@ -49,7 +55,7 @@ TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
 }
 
 TEST(Plan, ZeroWithOneRankIsAccepted) {
-  auto p = parallel::make_plan(load_config("parity", {"parallel.zero=2"}, 1), 1);
+  auto p = parallel::make_plan(parity({"parallel.zero=2"}, 1), 1);
   EXPECT_EQ(p.dp, 1);
   EXPECT_EQ(p.zero, 2);
 }
