@@ -114,6 +114,19 @@ TEST_P(CommTest, SharedMemoryAllReduceSumsInRankOrder) {
         EXPECT_TRUE(at::equal(avg, want / n));
         expect_close(d, stack_sum(in64), "fp64 sum");
         expect_close(mx, at::stack(in64).amax(0), "max");
+        // Reduce-scatter (padded, output aliasing the input's chunk as ZeRO-1 uses it) and all-gather.
+        for (int64_t numel : {int64_t(10007), int64_t(4 * n)}) {
+          const int64_t c = comm.chunk_numel(numel);
+          at::Tensor buf = at::zeros({n * c}, at::kFloat);
+          buf.narrow(0, 0, numel).copy_(in32[r].narrow(0, 0, numel));
+          comm.reduce_scatter(buf.narrow(0, 0, numel), buf.narrow(0, r * c, c), ReduceOp::kAvg);
+          at::Tensor padded = at::zeros({n * c}, at::kFloat);
+          padded.narrow(0, 0, numel).copy_(want.narrow(0, 0, numel));
+          EXPECT_TRUE(at::equal(buf.narrow(0, r * c, c), padded.narrow(0, r * c, c) / n)) << numel;
+          at::Tensor gathered = at::empty({n * c}, at::kFloat);
+          comm.all_gather(buf.narrow(0, r * c, c).clone(), gathered);
+          EXPECT_TRUE(at::equal(gathered, padded / n)) << numel;
+        }
         EXPECT_EQ(comm.ledger().calls("dp", "all_reduce", Phase::kOther), 4);
         EXPECT_EQ(comm.ledger().bytes("dp", "all_reduce", Phase::kOther),
                   algorithmic_bytes("all_reduce", 10007 * 4, n) * 2 + algorithmic_bytes("all_reduce", 999 * 8, n) * 2);

@@ -188,6 +188,13 @@ Handle Comm::reduce_scatter_async(const at::Tensor& input, const at::Tensor& out
               "{}: the output must have ceil({} / {}) = {} elements of {}, got {} of {}", describe("reduce_scatter"),
               numel, n, chunk, c10::toString(input.scalar_type()), output.numel(),
               c10::toString(output.scalar_type()));
+  if (shm_ && ShmGroup::supports(input) && ShmGroup::supports(output) &&
+      (op == ReduceOp::kSum || op == ReduceOp::kAvg)) {
+    Launch l{"reduce_scatter", algorithmic_bytes("reduce_scatter", n * chunk * input.element_size(), size_)};
+    l.issue = [this, input, output, op] { return shm_->reduce_scatter(input, output, op == ReduceOp::kAvg); };
+    l.has_future = false;
+    return launch(std::move(l));
+  }
   at::Tensor send = input.view(-1);
   if (numel != n * chunk) {
     send = at::zeros({n * chunk}, input.options());
@@ -220,6 +227,11 @@ Handle Comm::all_gather_async(const at::Tensor& input, const at::Tensor& output)
               "{}: the output must have {} × {} = {} elements of {}, got {} of {}", describe("all_gather"), size_, m,
               size_ * m, c10::toString(input.scalar_type()), output.numel(), c10::toString(output.scalar_type()));
   Launch l{"all_gather", algorithmic_bytes("all_gather", nbytes(output), size_)};
+  if (shm_ && ShmGroup::supports(input) && ShmGroup::supports(output)) {
+    l.issue = [this, input, output] { return shm_->all_gather(input, output); };
+    l.has_future = false;
+    return launch(std::move(l));
+  }
   l.issue = [this, input, output, m] {
     std::vector<std::vector<at::Tensor>> outputs(1);
     at::Tensor flat = output.view(-1);

@@ -60,8 +60,9 @@ class Comm {
     // are empty, the address this host's name resolves to (127.0.0.1 on many hosts: fine for one machine only).
     std::string iface;
     std::string hostname;
-    // When every rank of the group runs on this machine, fp32/fp64 sum and average all-reduces go through shared memory
-    // (kolos/dist/shm.h) instead of Gloo's TCP; everything else stays on Gloo. `shm_slot_bytes`: the staged piece.
+    // When every rank of the group runs on this machine, fp32/fp64 all-reduce and reduce-scatter (sum, average) and
+    // all-gather go through shared memory (kolos/dist/shm.h) instead of Gloo's TCP; everything else stays on Gloo.
+    // `shm_slot_bytes`: the piece each rank stages at a time.
     bool shm = false;
     int64_t shm_slot_bytes = 8 << 20;
     // Shared with the other Comms of a mesh; a fresh ledger when null.
@@ -80,7 +81,7 @@ class Comm {
   Comm& operator=(const Comm&) = delete;
 
   int rank() const { return rank_; }
-  // Whether fp32/fp64 sum/average all-reduces use shared memory (Options::shm and every rank on this machine).
+  // Whether fp32/fp64 all-reduce, reduce-scatter and all-gather use shared memory (Options::shm and every rank on this machine).
   bool uses_shm() const { return shm_ != nullptr; }
   int size() const { return size_; }
   const std::string& axis() const { return axis_; }

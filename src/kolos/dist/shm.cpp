@@ -136,19 +136,15 @@ float* ShmGroup::slot(int rank) const {
          slot_floats_ * rank;
 }
 
-c10::intrusive_ptr<c10d::Work> ShmGroup::all_reduce(const at::Tensor& tensor, bool average) {
-  KOLOS_ASSERT(supports(tensor), "ShmGroup::all_reduce_sum needs a contiguous fp32 or fp64 CPU tensor");
+c10::intrusive_ptr<c10d::Work> ShmGroup::enqueue(std::function<void()> body) {
   auto work = c10::make_intrusive<ShmWork>();
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    queue_.push_back([this, tensor, work, average] {
+    queue_.push_back([this, body = std::move(body), work] {
       std::exception_ptr error;
       try {
         KOLOS_CHECK(!broken_, "an earlier shared-memory collective of this group failed");
-        if (tensor.scalar_type() == at::kFloat)
-          run_all_reduce(tensor.data_ptr<float>(), tensor.numel(), average);
-        else
-          run_all_reduce(tensor.data_ptr<double>(), tensor.numel(), average);
+        body();
       } catch (...) {
         broken_ = true;
         error = std::current_exception();
@@ -158,6 +154,42 @@ c10::intrusive_ptr<c10d::Work> ShmGroup::all_reduce(const at::Tensor& tensor, bo
   }
   cv_.notify_one();
   return work;
+}
+
+c10::intrusive_ptr<c10d::Work> ShmGroup::all_reduce(const at::Tensor& tensor, bool average) {
+  KOLOS_ASSERT(supports(tensor), "ShmGroup::all_reduce needs a contiguous fp32 or fp64 CPU tensor");
+  return enqueue([this, tensor, average] {
+    if (tensor.scalar_type() == at::kFloat)
+      run_all_reduce(tensor.data_ptr<float>(), tensor.numel(), average);
+    else
+      run_all_reduce(tensor.data_ptr<double>(), tensor.numel(), average);
+  });
+}
+
+c10::intrusive_ptr<c10d::Work> ShmGroup::reduce_scatter(const at::Tensor& input, const at::Tensor& output,
+                                                        bool average) {
+  KOLOS_ASSERT(supports(input) && supports(output) && input.scalar_type() == output.scalar_type() &&
+                   output.numel() * size_ >= input.numel(),
+               "ShmGroup::reduce_scatter: bad tensors");
+  return enqueue([this, input, output, average] {
+    if (input.scalar_type() == at::kFloat)
+      run_reduce_scatter(input.data_ptr<float>(), input.numel(), output.data_ptr<float>(), output.numel(), average);
+    else
+      run_reduce_scatter(input.data_ptr<double>(), input.numel(), output.data_ptr<double>(), output.numel(),
+                         average);
+  });
+}
+
+c10::intrusive_ptr<c10d::Work> ShmGroup::all_gather(const at::Tensor& input, const at::Tensor& output) {
+  KOLOS_ASSERT(supports(input) && supports(output) && input.scalar_type() == output.scalar_type() &&
+                   output.numel() == input.numel() * size_,
+               "ShmGroup::all_gather: bad tensors");
+  return enqueue([this, input, output] {
+    if (input.scalar_type() == at::kFloat)
+      run_all_gather(input.data_ptr<float>(), input.numel(), output.data_ptr<float>());
+    else
+      run_all_gather(input.data_ptr<double>(), input.numel(), output.data_ptr<double>());
+  });
 }
 
 void ShmGroup::worker_loop() {
@@ -239,6 +271,57 @@ void ShmGroup::run_all_reduce(T* data, int64_t numel, bool average) {
       if (q1 > q0) std::memcpy(data + off + q0, slot(q) + q0, static_cast<size_t>(q1 - q0) * sizeof(T));
     }
     barrier();  // every rank has copied out before the slots take the next piece
+  }
+}
+
+}  // namespace kolos::dist
+
+namespace kolos::dist {
+
+template <typename T>
+void ShmGroup::run_reduce_scatter(const T* input, int64_t numel, T* output, int64_t chunk, bool average) {
+  // Round j: every rank stages, for each destination q, elements [q·c + j, q·c + j + len) of its input (zeros past
+  // N) at sub-slot q; then rank r sums sub-slot r over the ranks in rank order into output[j, j + len).
+  const int64_t n = size_, sub = slot_floats_ * 4 / static_cast<int64_t>(sizeof(T)) / n;
+  KOLOS_ASSERT(sub > 0, "shared-memory slot too small for {} ranks", n);
+  for (int64_t j = 0; j < chunk; j += sub) {
+    const int64_t len = std::min(sub, chunk - j);
+    T* mine = reinterpret_cast<T*>(slot(rank_));
+    for (int64_t q = 0; q < n; ++q) {
+      const int64_t from = q * chunk + j;
+      const int64_t have = std::clamp<int64_t>(numel - from, 0, len);
+      if (have > 0) std::memcpy(mine + q * sub, input + from, static_cast<size_t>(have) * sizeof(T));
+      if (have < len) std::memset(mine + q * sub + have, 0, static_cast<size_t>(len - have) * sizeof(T));
+    }
+    barrier();
+    T* acc = reinterpret_cast<T*>(scratch_.data());
+    T* out = output + j;
+    const int64_t at = rank_ * sub;
+    std::memcpy(acc, reinterpret_cast<T*>(slot(0)) + at, static_cast<size_t>(len) * sizeof(T));
+    for (int q = 1; q < size_; ++q) {
+      const T* x = reinterpret_cast<T*>(slot(q)) + at;
+      for (int64_t i = 0; i < len; ++i) acc[i] += x[i];
+    }
+    if (average) {
+      const T divisor = static_cast<T>(size_);
+      for (int64_t i = 0; i < len; ++i) acc[i] /= divisor;
+    }
+    barrier();  // every rank has read its sub-slot of every slot: the output may alias the input, and the slots
+                // take the next round
+    std::memcpy(out, acc, static_cast<size_t>(len) * sizeof(T));
+  }
+}
+
+template <typename T>
+void ShmGroup::run_all_gather(const T* input, int64_t numel, T* output) {
+  const int64_t capacity = slot_floats_ * 4 / static_cast<int64_t>(sizeof(T));
+  for (int64_t j = 0; j < numel; j += capacity) {
+    const int64_t len = std::min(capacity, numel - j);
+    std::memcpy(slot(rank_), input + j, static_cast<size_t>(len) * sizeof(T));
+    barrier();
+    for (int q = 0; q < size_; ++q)
+      std::memcpy(output + q * numel + j, reinterpret_cast<T*>(slot(q)), static_cast<size_t>(len) * sizeof(T));
+    barrier();
   }
 }
 

@@ -1,4 +1,5 @@
-// ShmGroup: all-reduce through shared memory for a group whose ranks all run on one machine.
+// ShmGroup: all-reduce, reduce-scatter and all-gather through shared memory for a group whose ranks all run on one
+// machine.
 //
 // Gloo moves every byte through TCP, which on loopback costs about as much CPU per byte as the sums themselves
 // (about 1 GB/s of bus bandwidth here): data-parallel ranks on one machine would spend as long communicating as
@@ -51,12 +52,24 @@ class ShmGroup {
   static bool supports(const at::Tensor& tensor);
   // tensor ← Σ over the ranks (÷ size when `average`), asynchronously; the Work's wait() rethrows a PeerError.
   c10::intrusive_ptr<c10d::Work> all_reduce(const at::Tensor& tensor, bool average);
+  // Comm::reduce_scatter's contract: the input's N elements read as zero-padded to size·c (c = output's numel,
+  // = ceil(N / size)); output ← this rank's chunk of the sum over the ranks (÷ size when `average`), summed in rank
+  // order. Input and output: same dtype, contiguous; the output may alias the input's chunk.
+  c10::intrusive_ptr<c10d::Work> reduce_scatter(const at::Tensor& input, const at::Tensor& output, bool average);
+  // output (size × input's numel) ← the ranks' inputs in rank order.
+  c10::intrusive_ptr<c10d::Work> all_gather(const at::Tensor& input, const at::Tensor& output);
 
  private:
   ShmGroup(int rank, int size, std::chrono::milliseconds timeout, int64_t slot_floats, void* base, size_t bytes);
   void worker_loop();
   template <typename T>
   void run_all_reduce(T* data, int64_t numel, bool average);
+  template <typename T>
+  void run_reduce_scatter(const T* input, int64_t numel, T* output, int64_t chunk, bool average);
+  template <typename T>
+  void run_all_gather(const T* input, int64_t numel, T* output);
+  // Queues `body` on the worker; the returned Work completes when it has run (with its exception, if any).
+  c10::intrusive_ptr<c10d::Work> enqueue(std::function<void()> body);
   void barrier();
   uint32_t* counter(int rank) const;
   float* slot(int rank) const;
