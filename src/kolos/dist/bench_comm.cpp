@@ -41,7 +41,7 @@ int bench_comm_main(int argc, char** argv) {
   app.add_option("--max-size", max_text, "largest message (default 256MiB)");
   app.add_option("--timeout", timeout_s, "seconds a peer may stay silent (default 120)")->check(CLI::PositiveNumber);
   bool no_shm = false;
-  app.add_flag("--no-shm", no_shm, "all-reduce through Gloo's TCP even when every rank is on this machine");
+  app.add_flag("--no-shm", no_shm, "all collectives through Gloo's TCP even when every rank is on this machine");
   if (!parse_args(app, argc, argv)) return 0;
   const int64_t min_bytes = parse_bytes(min_text, "--min-size");
   const int64_t max_bytes = parse_bytes(max_text, "--max-size");
