@@ -249,24 +249,29 @@ void ShmGroup::run_all_reduce(T* data, int64_t numel, bool average) {
     const int64_t seg = (piece + n - 1) / n;
     std::memcpy(slot(rank_), data + off, static_cast<size_t>(piece) * sizeof(T));
     barrier();
-    // This rank's segment, summed over the slots in rank order (the same order whichever rank sums it).
+    // This rank's segment, summed over the slots in rank order (the same order whichever rank sums it), in blocks
+    // that stay in L1; each block goes both into this rank's slot (for the others) and straight into `data`.
     const int64_t s0 = std::min(piece, rank_ * seg), s1 = std::min(piece, s0 + seg);
-    if (s1 > s0) {
-      T* acc = reinterpret_cast<T*>(scratch_.data());
-      std::memcpy(acc, slot(0) + s0, static_cast<size_t>(s1 - s0) * sizeof(T));
+    constexpr int64_t kBlock = 2048;
+    T* acc = reinterpret_cast<T*>(scratch_.data());
+    for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
+      const int64_t len = std::min(kBlock, s1 - b0);
+      std::memcpy(acc, slot(0) + b0, static_cast<size_t>(len) * sizeof(T));
       for (int q = 1; q < size_; ++q) {
-        const T* x = slot(q) + s0;
-        for (int64_t i = 0; i < s1 - s0; ++i) acc[i] += x[i];
+        const T* x = slot(q) + b0;
+        for (int64_t i = 0; i < len; ++i) acc[i] += x[i];
       }
-      if (average) {  // divided while the segment is in cache (as Tensor::div_ would, element by element)
+      if (average) {  // as Tensor::div_ would, element by element
         const T divisor = static_cast<T>(size_);
-        for (int64_t i = 0; i < s1 - s0; ++i) acc[i] /= divisor;
+        for (int64_t i = 0; i < len; ++i) acc[i] /= divisor;
       }
       // Only this rank reads its own slot's segment: it may be overwritten while the others still read theirs.
-      std::memcpy(slot(rank_) + s0, acc, static_cast<size_t>(s1 - s0) * sizeof(T));
+      std::memcpy(slot(rank_) + b0, acc, static_cast<size_t>(len) * sizeof(T));
+      std::memcpy(data + off + b0, acc, static_cast<size_t>(len) * sizeof(T));
     }
     barrier();  // every segment is summed
     for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
       const int64_t q0 = std::min(piece, q * seg), q1 = std::min(piece, q0 + seg);
       if (q1 > q0) std::memcpy(data + off + q0, slot(q) + q0, static_cast<size_t>(q1 - q0) * sizeof(T));
     }

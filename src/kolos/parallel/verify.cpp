@@ -232,7 +232,7 @@ int verify(const VerifyOptions& options) {
 
   std::vector<std::string> common = {"--config", options.config};
   for (const auto& o : options.overrides) common.insert(common.end(), {"--set", o});
-  for (const std::string& o : {"model.dropout=0", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
+  for (const char* o : {"model.dropout=0", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
                                "train.sample_tokens=0", "train.mfu=false", "train.threads=1", "train.keep_checkpoints=1"})
     common.insert(common.end(), {"--set", o});
   common.insert(common.end(), {"--set", fmt::format("train.global_batch={}", global_batch)});
