@@ -11,12 +11,11 @@
 //   Overlap  with small buckets, the first bucket's all-reduce starts before backward reaches the first block.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <fstream>
-#include <map>
 
 #include <nlohmann/json.hpp>
 
+#include "tests/dist/train_runs.h"
 #include "tests/support.h"
 
 namespace kolos {
@@ -97,12 +96,7 @@ std::vector<nlohmann::json> train_records(const test::TempDir& dir, int n, std::
   for (const auto& s : sets) args.insert(args.end(), {"--set", s});
   auto r = test::run_kolos(args);
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  std::vector<nlohmann::json> records;
-  std::ifstream in(dir / "run/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) records.push_back(j);
-  }
+  auto records = test::step_records(dir / "run");
   EXPECT_EQ(records.size(), static_cast<size_t>(steps));
   return records;
 }
@@ -194,17 +188,6 @@ TEST(DataParallelOverlap, FirstBucketReductionStartsBeforeBackwardReachesTheFirs
 namespace kolos {
 namespace {
 
-// Losses by step from a run directory's metrics.jsonl.
-std::map<int64_t, double> losses_of(const std::string& run_dir) {
-  std::map<int64_t, double> out;
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
-  }
-  return out;
-}
-
 std::vector<std::string> parity_args(const std::string& out, std::vector<std::string> sets) {
   std::vector<std::string> args = {KOLOS_BINARY, "train", "--config", "parity", "--out", out,
                                    "--set", "train.mfu=false", "--set", "train.threads=1"};
@@ -218,34 +201,23 @@ test::RunResult run_ranks(int n, std::vector<std::string> args) {
   return test::run_kolos(args);
 }
 
-void expect_losses_match(const std::map<int64_t, double>& got, const std::map<int64_t, double>& ref, int64_t from) {
-  ASSERT_EQ(got.size(), ref.size());
-  for (const auto& [step, v] : ref) {
-    if (step < from) continue;
-    ASSERT_TRUE(got.count(step)) << "step " << step;
-    EXPECT_LE(std::abs(got.at(step) - v) / std::abs(v), 1e-5) << "step " << step << ": " << got.at(step) << " vs " << v;
-  }
-}
-
 TEST(CheckpointAcrossLayouts, ZeroRunResumesInOneProcessAndTheOtherWayRound) {
   test::TempDir dir("ckpt_layouts");
   // The uninterrupted one-process run: micro-batches of 4, two per step.
-  auto r = run_ranks(1, parity_args(dir / "ref", {"train.batch_size=4"}));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  const auto ref = losses_of(dir / "ref");
+  const auto ref = test::one_process_losses(dir / "ref", 4, 20);
   ASSERT_EQ(ref.size(), 20u);
 
   // dp = 2 with ZeRO-2 for 10 steps (sharded moments gathered into whole tensors), then one process.
   std::vector<std::string> first = parity_args(dir / "b", {"train.batch_size=4", "parallel.zero=2"});
   first.insert(first.end(), {"--stop-after", "10"});
-  r = run_ranks(2, first);
+  auto r = run_ranks(2, first);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::vector<std::string> second = parity_args(dir / "b", {"train.batch_size=4"});
   second.push_back("--resume");
   r = run_ranks(1, second);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
-  expect_losses_match(losses_of(dir / "b"), ref, 1);
+  test::expect_losses_match(dir / "b", ref);
 
   // One process for 10 steps, then dp = 2 with ZeRO-1 (each rank takes its shard of the whole moments).
   first = parity_args(dir / "c", {"train.batch_size=4"});
@@ -257,7 +229,7 @@ TEST(CheckpointAcrossLayouts, ZeroRunResumesInOneProcessAndTheOtherWayRound) {
   r = run_ranks(2, second);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
-  expect_losses_match(losses_of(dir / "c"), ref, 1);
+  test::expect_losses_match(dir / "c", ref);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // Helpers for tests that train the parity model under a launcher and compare with one process (defined in
-// launchers_test.cpp; used by faults_test.cpp and netns_test.cpp).
+// launchers_test.cpp; used by faults_test.cpp, netns_test.cpp and data_parallel_test.cpp).
 #pragma once
 
 #include <string>

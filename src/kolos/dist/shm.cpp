@@ -15,6 +15,7 @@
 #include <fstream>
 #include <random>
 
+#include <ATen/Dispatch.h>
 #include <fmt/format.h>
 
 #include "kolos/core/error.h"
@@ -159,10 +160,8 @@ c10::intrusive_ptr<c10d::Work> ShmGroup::enqueue(std::function<void()> body) {
 c10::intrusive_ptr<c10d::Work> ShmGroup::all_reduce(const at::Tensor& tensor, bool average) {
   KOLOS_ASSERT(supports(tensor), "ShmGroup::all_reduce needs a contiguous fp32 or fp64 CPU tensor");
   return enqueue([this, tensor, average] {
-    if (tensor.scalar_type() == at::kFloat)
-      run_all_reduce(tensor.data_ptr<float>(), tensor.numel(), average);
-    else
-      run_all_reduce(tensor.data_ptr<double>(), tensor.numel(), average);
+    AT_DISPATCH_FLOATING_TYPES(tensor.scalar_type(), "shm all_reduce",
+                               [&] { run_all_reduce(tensor.data_ptr<scalar_t>(), tensor.numel(), average); });
   });
 }
 
@@ -172,11 +171,10 @@ c10::intrusive_ptr<c10d::Work> ShmGroup::reduce_scatter(const at::Tensor& input,
                    output.numel() * size_ >= input.numel(),
                "ShmGroup::reduce_scatter: bad tensors");
   return enqueue([this, input, output, average] {
-    if (input.scalar_type() == at::kFloat)
-      run_reduce_scatter(input.data_ptr<float>(), input.numel(), output.data_ptr<float>(), output.numel(), average);
-    else
-      run_reduce_scatter(input.data_ptr<double>(), input.numel(), output.data_ptr<double>(), output.numel(),
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "shm reduce_scatter", [&] {
+      run_reduce_scatter(input.data_ptr<scalar_t>(), input.numel(), output.data_ptr<scalar_t>(), output.numel(),
                          average);
+    });
   });
 }
 
@@ -185,10 +183,8 @@ c10::intrusive_ptr<c10d::Work> ShmGroup::all_gather(const at::Tensor& input, con
                    output.numel() == input.numel() * size_,
                "ShmGroup::all_gather: bad tensors");
   return enqueue([this, input, output] {
-    if (input.scalar_type() == at::kFloat)
-      run_all_gather(input.data_ptr<float>(), input.numel(), output.data_ptr<float>());
-    else
-      run_all_gather(input.data_ptr<double>(), input.numel(), output.data_ptr<double>());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "shm all_gather",
+                               [&] { run_all_gather(input.data_ptr<scalar_t>(), input.numel(), output.data_ptr<scalar_t>()); });
   });
 }
 

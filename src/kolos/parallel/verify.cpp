@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <set>
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -27,10 +26,6 @@ namespace fs = std::filesystem;
 namespace kolos::parallel {
 
 namespace {
-
-const std::set<std::string> kParallelKeys = {"dp",         "tp",          "tp_mode",    "tp_depth",   "megatron_sp",
-                                             "sp",         "sp_mode",     "pp",         "pp_schedule", "pp_virtual",
-                                             "pp_layers",  "zero",        "bucket_mb"};
 
 std::string trim(std::string s) {
   const auto b = s.find_first_not_of(" \t");
@@ -184,16 +179,10 @@ std::vector<Layout> parse_layouts(const std::string& text, int64_t global_batch)
         KOLOS_CHECK(l.grad_accum >= 1, "--layouts: layout \"{}\": grad_accum must be >= 1", item_list);
         continue;
       }
-      if (kParallelKeys.count(key)) {
-        l.overrides.push_back(fmt::format("parallel.{}={}", key, value));
-      } else if (key.find('.') != std::string::npos) {
-        l.overrides.push_back(fmt::format("{}={}", key, value));
-      } else {
-        throw InputError(fmt::format(
-            "--layouts: layout \"{}\": unknown key \"{}\" (expected one of dp, tp, tp_mode, tp_depth, megatron_sp, sp, "
-            "sp_mode, pp, pp_schedule, pp_virtual, pp_layers, zero, bucket_mb, grad_accum, or section.key)",
-            item_list, key));
-      }
+      // A bare key is a parallel.* key; verify() loads every layout's config first, so an unknown one is bad input
+      // naming the layout and listing the known keys.
+      l.overrides.push_back(key.find('.') == std::string::npos ? fmt::format("parallel.{}={}", key, value)
+                                                               : fmt::format("{}={}", key, value));
     }
     KOLOS_CHECK(dp >= 1 && tp >= 1 && sp >= 1 && pp >= 1, "--layouts: layout \"{}\": degrees must be >= 1", item_list);
     l.processes = static_cast<int>(dp * tp * sp * pp);

@@ -32,8 +32,9 @@ struct VerifyOptions {
   double tolerance = 1e-5;
 };
 
-// One layout: its `key=value` items as config overrides and its process count. InputError naming the layout and
-// the item when a key is unknown or the global batch does not split.
+// One layout: its `key=value` items as config overrides (a bare key is parallel.<key>; grad_accum is train's) and
+// its process count. InputError naming the layout and the item when an item is malformed or the global batch does
+// not split; unknown keys are found when verify() loads each layout's config.
 struct Layout {
   std::string text;                    // as given
   std::vector<std::string> overrides;  // section.key=value

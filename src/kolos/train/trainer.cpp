@@ -82,7 +82,7 @@ Trainer::Trainer(Config config, RunOptions options, dist::DistEnv env)
   lo.batch_size = config_.train.batch_size;
   lo.grad_accum = config_.train.grad_accum;
   lo.dp = plan_.dp;
-  lo.dp_rank = mesh_ ? mesh_->coord("dp") : 0;
+  lo.dp_rank = dp_rank();
   lo.seed = config_.train.seed;
   loader_ = std::make_unique<data::Loader>(lo);
   par_ = parallel::apply(*model_, config_, plan_, mesh_.get());
@@ -167,7 +167,7 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
   model_->set_training(false);
   const int64_t n = batches > 0 ? batches : loader_->val_batches();
   // The dp ranks split the batches and sum.
-  const int64_t rank = mesh_ ? mesh_->coord("dp") : 0;
+  const int64_t rank = dp_rank();
   double nll = 0, tokens = 0;
   for (int64_t i = rank; i < n; i += plan_.dp) {
     data::Batch b = loader_->val_batch(i);
@@ -185,7 +185,7 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
 
 void Trainer::seed_rng(int64_t step) {
   // dp rank 0 draws like one process; the others from their own streams (dropout masks differ across samples).
-  const int64_t rank = mesh_ ? mesh_->coord("dp") : 0;
+  const int64_t rank = dp_rank();
   if (rank == 0 && step == 0) {
     at::manual_seed(static_cast<uint64_t>(config_.train.seed));
   } else {
@@ -235,7 +235,7 @@ void Trainer::restore(const std::string& dir) {
   elapsed_s_ = d.state.value("elapsed_s", 0.0);
   auto rng = d.optim.find("rng.cpu");
   KOLOS_CHECK(rng != d.optim.end(), "checkpoint {}: optim.safetensors lacks rng.cpu", dir);
-  if ((mesh_ ? mesh_->coord("dp") : 0) == 0) {
+  if (dp_rank() == 0) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     gen.set_state(rng->second);
   } else {
@@ -272,7 +272,7 @@ void Trainer::write_rank_report() {
                            {"layout", plan_.describe()},
                            {"dp", plan_.dp},
                            {"zero", par_.data->zero()},
-                           {"dp_rank", mesh_ ? mesh_->coord("dp") : 0},
+                           {"dp_rank", dp_rank()},
                            {"params", model_->num_params()},
                            {"held", par_.data->report().to_json()},
                            {"bucket_list", buckets},

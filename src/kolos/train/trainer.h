@@ -81,6 +81,7 @@ class Trainer {
   void restore(const std::string& checkpoint_dir);
   void seed_rng(int64_t step);
   dist::Ledger& ledger() { return *ledger_; }
+  int dp_rank() const { return mesh_ ? mesh_->coord("dp") : 0; }
   // Sum (or max) of `values` over the dp group / the world; identity on one process.
   void all_reduce_dp(at::Tensor& values, dist::ReduceOp op);
   void all_reduce_world(at::Tensor& values, dist::ReduceOp op);
