@@ -134,6 +134,60 @@ TEST_P(CommTest, SharedMemoryAllReduceSumsInRankOrder) {
       20s, 4096);
 }
 
+// Buffers from Comm::shared_zeros: with shared memory the collectives on their ranges run in place (the peers read
+// each rank's data where it lies); without it they are plain tensors. Either way: rank-order fp32 sums bit for bit,
+// fp64 sums to 1e-12, elements outside the range untouched, the in-place reduce-scatter (output = the input's own
+// chunk) and all-gather (input = the output's own chunk), several ops in flight, and the buffer outliving its Comm.
+TEST_P(CommTest, SharedBuffersReduceAndGatherInPlace) {
+  const int n = GetParam();
+  const int64_t numel = 10007, lead = 48;  // a range not divisible by n, not at the buffer's start
+  std::vector<at::Tensor> in32;
+  for (const auto& x : rank_inputs(n, {numel}, 11)) in32.push_back(x.to(at::kFloat));
+  at::Tensor want = in32[0].clone();
+  for (int r = 1; r < n; ++r) want += in32[r];
+  auto in64 = rank_inputs(n, {777}, 12);
+  for (const bool shm : {true, false}) {
+    std::vector<at::Tensor> kept(n);
+    run_ranks(
+        n,
+        [&](Comm& comm, int r) {
+          ASSERT_EQ(comm.uses_shm(), shm);
+          // Shared memory sums in rank order, exactly; Gloo in its own order.
+          auto same = [&](const at::Tensor& got, const at::Tensor& ref) {
+            return shm ? at::equal(got, ref) : at::allclose(got, ref, 1e-5, 1e-6);
+          };
+          at::Tensor buf = comm.shared_zeros(lead + numel + 16, at::kFloat);
+          ASSERT_EQ(buf.numel(), lead + numel + 16);
+          ASSERT_TRUE(at::equal(buf, at::zeros_like(buf)));
+          buf.fill_(-1);
+          at::Tensor range = buf.narrow(0, lead, numel);
+          range.copy_(in32[r]);
+          at::Tensor d = comm.shared_zeros(777, at::kDouble);
+          d.copy_(in64[r]);
+          Handle h1 = comm.all_reduce_async(range, ReduceOp::kAvg);
+          Handle h2 = comm.all_reduce_async(d);
+          h2.wait();
+          h1.wait();
+          EXPECT_TRUE(same(range, want / n)) << "max |diff| " << (range - want / n).abs().max().item<double>();
+          EXPECT_TRUE(at::equal(buf.narrow(0, 0, lead), at::full({lead}, -1.f)));
+          EXPECT_TRUE(at::equal(buf.narrow(0, lead + numel, 16), at::full({16}, -1.f)));
+          expect_close(d, stack_sum(in64), "fp64 sum");
+          // Reduce-scatter, then all-gather of the reduced chunks: the whole sum again.
+          const int64_t c = 64 * 3;
+          at::Tensor whole = buf.narrow(0, lead, n * c), chunk = whole.narrow(0, r * c, c);
+          whole.copy_(in32[r].narrow(0, 0, n * c));
+          comm.reduce_scatter(whole, chunk);
+          EXPECT_TRUE(same(chunk, want.narrow(0, r * c, c))) << "reduce_scatter rank " << r;
+          comm.all_gather(chunk, whole);
+          EXPECT_TRUE(same(whole, want.narrow(0, 0, n * c))) << "all_gather rank " << r;
+          kept[r] = buf;
+        },
+        20s, shm ? 4096 : 0);
+    for (int r = 0; r < n; ++r)  // the Comms are gone; the buffers are still readable
+      EXPECT_TRUE(at::allclose(kept[r].narrow(0, lead, n * 64 * 3), want.narrow(0, 0, n * 64 * 3), 1e-5, 1e-6)) << shm;
+  }
+}
+
 // Contract: chunks of c = ceil(N / n) elements over the input zero-padded to n·c; rank r gets [r·c, (r+1)·c).
 TEST_P(CommTest, ReduceScatterPadsSizesNotDivisibleByGroup) {
   const int n = GetParam();

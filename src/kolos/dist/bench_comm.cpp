@@ -42,6 +42,10 @@ int bench_comm_main(int argc, char** argv) {
   app.add_option("--timeout", timeout_s, "seconds a peer may stay silent (default 120)")->check(CLI::PositiveNumber);
   bool no_shm = false;
   app.add_flag("--no-shm", no_shm, "all collectives through Gloo's TCP even when every rank is on this machine");
+  bool in_place = false;
+  app.add_flag("--in-place", in_place,
+               "the in-place forms on a Comm::shared_zeros buffer (the reduce-scatter's output and the all-gather's "
+               "input are the rank's chunk of the buffer), as data parallelism uses them");
   if (!parse_args(app, argc, argv)) return 0;
   const int64_t min_bytes = parse_bytes(min_text, "--min-size");
   const int64_t max_bytes = parse_bytes(max_text, "--max-size");
@@ -81,8 +85,8 @@ int bench_comm_main(int argc, char** argv) {
   for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
     const int64_t numel = std::max<int64_t>(n, bytes / 4 / n * n);  // divisible by n for the sharded ops
     const int iters = static_cast<int>(std::clamp<int64_t>((64ll << 20) / (numel * 4), 3, 50));
-    at::Tensor full = at::ones({numel}, at::kFloat);
-    at::Tensor shard = at::empty({numel / n}, at::kFloat);
+    at::Tensor full = in_place ? comm->shared_zeros(numel, at::kFloat).fill_(1) : at::ones({numel}, at::kFloat);
+    at::Tensor shard = in_place ? full.narrow(0, env.rank * (numel / n), numel / n) : at::empty({numel / n}, at::kFloat);
     for (const std::string op : {"all_reduce", "all_gather", "reduce_scatter"}) {
       auto run_once = [&] {
         if (op == "all_reduce") comm->all_reduce(full);
@@ -114,7 +118,13 @@ int bench_comm_main(int argc, char** argv) {
       rows.push_back({{"op", r.op}, {"bytes", r.bytes}, {"time_us", r.seconds * 1e6}, {"algbw_gbps", algbw},
                       {"busbw_gbps", busbw}});
     }
-    std::printf("%s\n", nlohmann::json{{"world", n}, {"iface", co.iface}, {"all_reduce_shm", comm->uses_shm()}, {"results", rows}}.dump().c_str());
+    std::printf("%s\n", nlohmann::json{{"world", n},
+                                       {"iface", co.iface},
+                                       {"all_reduce_shm", comm->uses_shm()},
+                                       {"in_place", in_place},
+                                       {"results", rows}}
+                            .dump()
+                            .c_str());
   }
   comm->barrier();
   return 0;

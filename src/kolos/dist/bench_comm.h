@@ -1,5 +1,6 @@
 // `kolos bench comm`: achieved bandwidth of all-reduce, all-gather and reduce-scatter over the world group, for
-// message sizes from --min-size to --max-size (default 1 KiB to 256 MiB, doubling by 4). Run it under a launcher:
+// message sizes from --min-size to --max-size (default 1 KiB to 256 MiB, growing by 4×), with --in-place the forms
+// that work in place on a Comm::shared_zeros buffer. Run it under a launcher:
 // `kolos run -n 2 -- kolos bench comm`. Rank 0 prints a table and one JSON line last.
 //
 // For a message of M bytes (the all-reduce buffer, the reduce-scatter input, the all-gather output) taking t

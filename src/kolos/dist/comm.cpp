@@ -160,6 +160,16 @@ Handle Comm::launch(Launch launch) {
   return Handle(std::move(state));
 }
 
+at::Tensor Comm::shared_zeros(int64_t numel, at::ScalarType dtype) {
+  KOLOS_CHECK(numel >= 0 && (dtype == at::kFloat || dtype == at::kDouble),
+              "{}: {} elements of {} (expected fp32 or fp64)", describe("shared_zeros"), numel, c10::toString(dtype));
+  if (shm_) {
+    at::Tensor shared = shm_->shared_zeros(numel, dtype);
+    if (shared.defined()) return shared;
+  }
+  return at::zeros({numel}, dtype);
+}
+
 Handle Comm::all_reduce_async(const at::Tensor& tensor, ReduceOp op) {
   check_tensor(tensor, "all_reduce", "input");
   check_avg(tensor, op, "all_reduce");
@@ -232,7 +242,12 @@ Handle Comm::all_gather_async(const at::Tensor& input, const at::Tensor& output)
     l.has_future = false;
     return launch(std::move(l));
   }
-  l.issue = [this, input, output, m] {
+  // Gloo writes every output chunk, this rank's too, while it may still read the input: an input that is this
+  // rank's chunk of the output is sent from a copy.
+  const char* in = static_cast<const char*>(input.data_ptr());
+  const char* out = static_cast<const char*>(output.data_ptr());
+  const at::Tensor send = in < out + nbytes(output) && out < in + nbytes(input) ? input.clone() : input;
+  l.issue = [this, input = send, output, m] {
     std::vector<std::vector<at::Tensor>> outputs(1);
     at::Tensor flat = output.view(-1);
     for (int r = 0; r < size_; ++r) outputs[0].push_back(flat.narrow(0, r * m, m).view(input.sizes()));

@@ -89,6 +89,13 @@ class Comm {
   Ledger& ledger() const { return *ledger_; }
   const std::shared_ptr<Ledger>& shared_ledger() const { return ledger_; }
 
+  // A zero-filled fp32/fp64 buffer of `numel` elements for collectives in place (collective: every rank calls it
+  // with the same arguments). When the group uses shared memory the buffer lies in memory the peers map, and
+  // all_reduce (sum, average) — reduce_scatter whose output is the input's own chunk, all_gather whose input is
+  // the output's own chunk — on a range of it skip the staging copies (kolos/dist/shm.h); every rank must then pass the same range of its buffer. Otherwise, or
+  // when the shared memory cannot be had, a plain at::zeros.
+  at::Tensor shared_zeros(int64_t numel, at::ScalarType dtype);
+
   // tensor ← op over the ranks' tensors, on every rank.
   void all_reduce(const at::Tensor& tensor, ReduceOp op = ReduceOp::kSum);
   Handle all_reduce_async(const at::Tensor& tensor, ReduceOp op = ReduceOp::kSum);
@@ -105,6 +112,7 @@ class Comm {
   int64_t chunk_numel(int64_t numel) const { return (numel + size_ - 1) / size_; }
 
   // `output` (n × input.numel() elements, any shape, read as flat) ← the ranks' inputs concatenated in rank order.
+  // The input may be this rank's chunk of the output (the in-place form; no copy at all on a shared_zeros buffer).
   void all_gather(const at::Tensor& input, const at::Tensor& output);
   Handle all_gather_async(const at::Tensor& input, const at::Tensor& output);
 

@@ -13,6 +13,14 @@
 // the compute threads). A peer whose process is gone (its pid sits next to its counter), or that does not arrive
 // within the timeout, fails the op with PeerError, and every later op of the group fails at once.
 //
+// Buffers in place. shared_zeros() hands out tensors that live in a segment every rank maps, one region per rank.
+// all_reduce on a range of such a buffer skips the staging copy: after a barrier, rank r sums segment r of the range
+// over the ranks' regions (rank order) straight into its own region, and after a second barrier copies the other
+// segments from their owners' regions; a third barrier keeps every region unchanged until all have read it.
+// reduce_scatter whose output is the input's own chunk needs only the sum and the last barrier; all_gather whose
+// input is its output's own chunk, only the copies between two barriers. That saves the staging copy in (a third
+// of the staged all-reduce's memory traffic) and, for the other two, the copies through the slots.
+//
 // Ops run in call order on one worker thread per group; all_reduce returns a c10d::Work that wait() blocks on.
 // Every rank must call the same ops in the same order (as for any collective).
 #pragma once
@@ -26,6 +34,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Store.hpp>
@@ -50,18 +59,34 @@ class ShmGroup {
 
   // True for the tensors all_reduce takes: contiguous fp32 or fp64 on the CPU.
   static bool supports(const at::Tensor& tensor);
+  // A zero-filled tensor of `numel` elements of `dtype` (fp32 or fp64) in this rank's region of a fresh shared
+  // segment (collective: every rank calls it with the same arguments). all_reduce, reduce_scatter and all_gather
+  // work on its ranges in place, as above, provided every rank passes the same range of its own buffer. An undefined tensor
+  // on every rank when some rank could not map the memory (`why_not` says why). The segment is unmapped when
+  // the last tensor viewing it goes, which may be after the group.
+  at::Tensor shared_zeros(int64_t numel, at::ScalarType dtype, std::string* why_not = nullptr);
   // tensor ← Σ over the ranks (÷ size when `average`), asynchronously; the Work's wait() rethrows a PeerError.
   c10::intrusive_ptr<c10d::Work> all_reduce(const at::Tensor& tensor, bool average);
   // Comm::reduce_scatter's contract: the input's N elements read as zero-padded to size·c (c = output's numel,
   // = ceil(N / size)); output ← this rank's chunk of the sum over the ranks (÷ size when `average`), summed in rank
   // order. Input and output: same dtype, contiguous; the output may alias the input's chunk.
   c10::intrusive_ptr<c10d::Work> reduce_scatter(const at::Tensor& input, const at::Tensor& output, bool average);
-  // output (size × input's numel) ← the ranks' inputs in rank order.
+  // output (size × input's numel) ← the ranks' inputs in rank order. The input may be the output's chunk of this
+  // rank.
   c10::intrusive_ptr<c10d::Work> all_gather(const at::Tensor& input, const at::Tensor& output);
 
  private:
-  ShmGroup(int rank, int size, std::chrono::milliseconds timeout, int64_t slot_floats, void* base, size_t bytes);
+  struct Buffer;  // a segment of shared_zeros()
+
+  ShmGroup(c10::intrusive_ptr<c10d::Store> store, int rank, int size, std::chrono::milliseconds timeout,
+           int64_t slot_floats, void* base, size_t bytes);
   void worker_loop();
+  // The shared buffer whose region of this rank holds all of `tensor` (its byte offset in the region), or null.
+  std::shared_ptr<Buffer> find_buffer(const at::Tensor& tensor, size_t* offset) const;
+  template <typename T>
+  void run_gather_in_place(const Buffer& buffer, size_t offset, int64_t numel);
+  template <typename T>
+  void run_in_place(const Buffer& buffer, size_t offset, int64_t numel, bool average, bool scatter_only);
   template <typename T>
   void run_all_reduce(T* data, int64_t numel, bool average);
   template <typename T>
@@ -74,6 +99,7 @@ class ShmGroup {
   uint32_t* counter(int rank) const;
   float* slot(int rank) const;
 
+  c10::intrusive_ptr<c10d::Store> store_;
   int rank_, size_;
   std::chrono::milliseconds timeout_;
   int64_t slot_floats_;
@@ -82,6 +108,9 @@ class ShmGroup {
   uint32_t generation_ = 0;
   std::vector<float> scratch_;
   bool broken_ = false;
+  int buffers_made_ = 0;
+  mutable std::mutex buffers_mutex_;
+  std::vector<std::weak_ptr<Buffer>> buffers_;
 
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -58,8 +58,11 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
   build_layout(specs);
 
   const int64_t total = buckets_.empty() ? 0 : buckets_.back().offset + buckets_.back().numel;
-  flat_params_ = at::zeros({total}, at::kFloat);
-  if (zero_ < 2) flat_grads_ = at::zeros({total}, at::kFloat);
+  // At zero >= 1 the parameters are all-gathered after each step: in place when the peers share this machine.
+  flat_params_ = zero_ > 0 ? comm_->shared_zeros(total, at::kFloat) : at::zeros({total}, at::kFloat);
+  // In memory the dp peers map when they share this machine: the reductions then read the gradients where
+  // autograd accumulated them (Comm::shared_zeros).
+  if (zero_ < 2) flat_grads_ = dp_ > 1 ? comm_->shared_zeros(total, at::kFloat) : at::zeros({total}, at::kFloat);
   shard_numel_ = total / dp_;
   if (zero_ == 2) grad_shard_ = at::zeros({shard_numel_}, at::kFloat);
 
@@ -274,12 +277,9 @@ void DataParallel::optimizer_step(double lr, double grad_scale) {
   if (zero_ == 0) return;
   dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
   std::vector<dist::Handle> handles;
-  std::vector<at::Tensor> sources;
-  for (const auto& b : buckets_) {
-    // A copy of the chunk: the output (the whole bucket) contains it.
-    sources.push_back(flat_params_.narrow(0, chunk_offset(b), b.numel / dp_).clone());
-    handles.push_back(comm_->all_gather_async(sources.back(), flat_params_.narrow(0, b.offset, b.numel)));
-  }
+  for (const auto& b : buckets_)
+    handles.push_back(comm_->all_gather_async(flat_params_.narrow(0, chunk_offset(b), b.numel / dp_),
+                                              flat_params_.narrow(0, b.offset, b.numel)));
   for (auto& h : handles) h.wait();
 }
 
