@@ -1,7 +1,5 @@
 // Comm's collectives against references computed here from every rank's input, and the ledger against the
-// analytical byte counts of reference/yardsticks.md §5. Ranks are threads of this process sharing a
-// c10d::HashStore (DESIGN "Testing": unit tests of collectives may do so); each runs its own ProcessGroupGloo over
-// 127.0.0.1.
+// analytical byte counts of reference/yardsticks.md §5. Ranks are threads of this process (tests/dist/thread_ranks.h).
 #include "kolos/dist/comm.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +11,7 @@
 #include <vector>
 
 #include "kolos/core/error.h"
+#include "tests/dist/thread_ranks.h"
 
 namespace kolos::dist {
 namespace {
@@ -20,35 +19,9 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// Runs `body(comm, rank)` on `n` threads, each with its own Comm of axis "dp" over one HashStore. The Comms are
-// destroyed only once every thread has finished, so no rank tears its connections down under a slower peer.
-// The first exception of any rank is rethrown here.
-// With `shm_slot_bytes` > 0 the Comms use shared memory for all-reduces, staging pieces of that size.
 void run_ranks(int n, const std::function<void(Comm&, int)>& body, std::chrono::milliseconds timeout = 20s,
                int64_t shm_slot_bytes = 0) {
-  auto store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::shared_ptr<Comm>> comms(n);
-  std::vector<std::exception_ptr> errors(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        Comm::Options options;
-        options.timeout = timeout;
-        options.hostname = "127.0.0.1";
-        options.shm = shm_slot_bytes > 0;
-        if (options.shm) options.shm_slot_bytes = shm_slot_bytes;
-        comms[r] = Comm::create(store, r, n, "dp", options);
-        body(*comms[r], r);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  comms.clear();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  test::run_thread_ranks(n, body, timeout, shm_slot_bytes);
 }
 
 // One input per rank, different on every rank; float64 so that sums in any order agree to 1e-12.

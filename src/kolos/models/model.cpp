@@ -14,6 +14,7 @@ std::unique_ptr<Model> Model::create(const ModelConfig& config) {
 }
 
 void Model::init_params(int64_t seed) {
+  KOLOS_ASSERT(sharding_.parts == 1, "init_params on a sharded model");
   std::vector<at::Tensor> tensors;
   for (const auto& spec : param_specs()) tensors.push_back(nn::init_param(spec, seed));
   bind_params(std::move(tensors));
@@ -25,7 +26,8 @@ void Model::bind_params(std::vector<at::Tensor> tensors) {
                specs.size());
   params_.clear();
   for (size_t i = 0; i < specs.size(); ++i) {
-    KOLOS_ASSERT(tensors[i].sizes().vec() == specs[i].shape, "bind_params: wrong shape for {}", specs[i].name);
+    KOLOS_ASSERT(tensors[i].sizes().vec() == specs[i].local_shape(sharding_.parts), "bind_params: wrong shape for {}",
+                 specs[i].name);
     if (!tensors[i].requires_grad()) tensors[i].set_requires_grad(true);
     params_.emplace_back(specs[i].name, tensors[i]);
   }
@@ -40,7 +42,29 @@ at::Tensor Model::param(const std::string& name) const {
 
 at::Tensor Model::loss(const at::Tensor& ids, const at::Tensor& targets) {
   at::Tensor logits = forward(ids);
-  return nn::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  at::Tensor flat = logits.reshape({-1, logits.size(-1)});
+  return sharding_.cross_entropy ? sharding_.cross_entropy(flat, targets.reshape({-1}))
+                                 : nn::cross_entropy(flat, targets.reshape({-1}));
+}
+
+nn::Linear Model::linear(const std::string& prefix, bool bias) const {
+  nn::Linear l{param(prefix + ".weight"), bias ? param(prefix + ".bias") : at::Tensor(), {}};
+  if (sharding_.parts > 1) {
+    for (const auto& spec : param_specs()) {
+      if (spec.name != prefix + ".weight") continue;
+      if (spec.tp_dim == 0) l.slot.forward = sharding_.column;
+      if (spec.tp_dim == 1) l.slot.forward = sharding_.row;
+    }
+  }
+  return l;
+}
+
+at::Tensor Model::embed(const at::Tensor& weight, const at::Tensor& ids) const {
+  return sharding_.embedding ? sharding_.embedding(weight, ids) : nn::embedding(weight, ids);
+}
+
+at::Tensor Model::head(const at::Tensor& x, const at::Tensor& weight) const {
+  return sharding_.head ? sharding_.head(x, weight) : at::matmul(x, weight.t());
 }
 
 at::Tensor Model::dropout(const at::Tensor& x) const {

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include "kolos/config/config.h"
+#include "kolos/nn/layers.h"
 #include "kolos/nn/param.h"
 
 namespace kolos::models {
@@ -37,9 +38,15 @@ class Model {
   // N' of the MFU formula (yardsticks §4.1).
   virtual int64_t num_matmul_params() const = 0;
 
-  // Allocates and initialises every parameter from (seed, name); requires_grad set.
+  // Tensor parallelism from outside (parallel::apply): set before the parameters are bound; the bound tensors
+  // then have ParamSpec::local_shape(sharding.parts).
+  void set_sharding(nn::Sharding sharding) { sharding_ = std::move(sharding); }
+  const nn::Sharding& sharding() const { return sharding_; }
+
+  // Allocates and initialises every parameter from (seed, name); requires_grad set. One process only (a sharded
+  // model binds its pieces, parallel::apply).
   void init_params(int64_t seed);
-  // Uses the given tensors (same order and shapes as param_specs) as the parameters.
+  // Uses the given tensors (same order as param_specs, shapes local_shape(sharding().parts)) as the parameters.
   void bind_params(std::vector<at::Tensor> tensors);
   const std::vector<NamedTensor>& params() const { return params_; }
   at::Tensor param(const std::string& name) const;
@@ -57,8 +64,14 @@ class Model {
   // Called after the parameter table changed, so the model can refresh its layer references.
   virtual void on_params_bound() = 0;
   at::Tensor dropout(const at::Tensor& x) const;
+  // The layers as the sharding makes them: a Linear over the parameters `<prefix>.weight` (and `<prefix>.bias`
+  // when `bias`), its slot filled for a split weight; the token look-up; the output head's logits.
+  nn::Linear linear(const std::string& prefix, bool bias) const;
+  at::Tensor embed(const at::Tensor& weight, const at::Tensor& ids) const;
+  at::Tensor head(const at::Tensor& x, const at::Tensor& weight) const;
 
   ModelConfig config_;
+  nn::Sharding sharding_;
   std::vector<NamedTensor> params_;
   bool training_ = true;
 };

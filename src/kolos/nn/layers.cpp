@@ -4,7 +4,19 @@
 
 namespace kolos::nn {
 
-at::Tensor Linear::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+at::Tensor Linear::forward(const at::Tensor& x) const {
+  return slot.forward ? slot.forward(x, weight, bias) : at::linear(x, weight, bias);
+}
+
+std::vector<at::Tensor> forward_many(const at::Tensor& x, const std::vector<const Linear*>& layers,
+                                     const Sharding& sharding) {
+  bool split = sharding.column_many != nullptr;
+  for (const Linear* l : layers) split = split && l->slot.forward != nullptr;
+  if (split) return sharding.column_many(x, layers);
+  std::vector<at::Tensor> out;
+  for (const Linear* l : layers) out.push_back(l->forward(x));
+  return out;
+}
 
 at::Tensor embedding(const at::Tensor& weight, const at::Tensor& ids) { return at::embedding(weight, ids); }
 

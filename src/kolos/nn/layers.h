@@ -2,20 +2,49 @@
 // and a forward that never mentions ranks. Shapes: B batch, T sequence, C hidden, F ffn hidden, V vocabulary.
 #pragma once
 
+#include <functional>
+#include <vector>
+
 #include <ATen/ATen.h>
 
 namespace kolos::nn {
 
-// Where tensor parallelism (issue 5) attaches how this Linear is split across the tp group. Empty on one process.
+// y = f(x, W, b): a Linear's forward as tensor parallelism replaces it.
+using LinearFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)>;
+
+// Where tensor parallelism attaches how a Linear is split across the tp group (parallel::apply fills it from
+// outside). Empty on one process.
 struct ShardSlot {
-  enum class Kind { kNone, kColumn, kRow } kind = Kind::kNone;
+  LinearFn forward;
 };
 
-// y = x W^T + b. W: (out, in), b: (out) or undefined. x: (..., in) -> (..., out).
+// y = x W^T + b. W: (out, in), b: (out) or undefined. x: (..., in) -> (..., out). With a filled slot, W and b are
+// this rank's pieces and the slot's forward runs instead.
 struct Linear {
   at::Tensor weight, bias;
   ShardSlot slot;
   at::Tensor forward(const at::Tensor& x) const;
+};
+
+struct Sharding;
+// Several Linears applied to the same input (q, k, v; gate, up): their outputs in order. Under tensor parallelism
+// (`sharding` with column_many) one fused step, so the input's gradient is reduced once for all of them.
+std::vector<at::Tensor> forward_many(const at::Tensor& x, const std::vector<const Linear*>& layers,
+                                     const Sharding& sharding);
+
+// What parallel::apply changes in a model from outside (all empty, parts 1: one process). The model calls these
+// where it would call the plain functions; its own code stays single-device.
+struct Sharding {
+  int parts = 1;  // tensor-parallel degree: a parameter with tp_dim >= 0 holds 1/parts of that dimension
+  LinearFn column, row;  // Linears whose weight is split along dim 0 (outputs) / dim 1 (inputs)
+  // Column-split Linears (at most 3) of one input, fused.
+  std::function<std::vector<at::Tensor>(const at::Tensor& x, const std::vector<const Linear*>& layers)> column_many;
+  // Look-up in this rank's rows of the vocabulary; returns the whole (B, T, C) embedding.
+  std::function<at::Tensor(const at::Tensor& weight, const at::Tensor& ids)> embedding;
+  // Logits of this rank's slice of the vocabulary from the whole hidden state.
+  std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight)> head;
+  // Mean cross-entropy from logits split over the vocabulary (N, V/parts) against targets (N).
+  std::function<at::Tensor(const at::Tensor& logits, const at::Tensor& targets)> cross_entropy;
 };
 
 // Rows of `weight` (V, C) picked by integer ids (B, T) -> (B, T, C).

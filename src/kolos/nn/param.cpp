@@ -2,12 +2,46 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "kolos/core/error.h"
+
 namespace kolos::nn {
 
 int64_t ParamSpec::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
+}
+
+std::vector<int64_t> ParamSpec::local_shape(int parts) const {
+  std::vector<int64_t> local = shape;
+  if (tp_dim >= 0 && parts > 1) local[tp_dim] /= parts;
+  return local;
+}
+
+at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, int parts, int index) {
+  if (spec.tp_dim < 0 || parts == 1) return whole;
+  const int64_t d = spec.tp_dim, g = spec.tp_groups, size = whole.size(d);
+  KOLOS_ASSERT(size % (g * parts) == 0, "parameter {}: dimension {} of size {} does not split into {} groups of {}",
+               spec.name, d, size, g, parts);
+  // (..., g, parts, size / (g·parts), ...): keep index `index` of the parts axis.
+  std::vector<int64_t> split(whole.sizes().begin(), whole.sizes().end());
+  split[d] = size / (g * parts);
+  split.insert(split.begin() + d, {g, static_cast<int64_t>(parts)});
+  return whole.reshape(split).select(d + 1, index).reshape(spec.local_shape(parts)).contiguous();
+}
+
+at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec) {
+  const int parts = static_cast<int>(pieces.size());
+  if (spec.tp_dim < 0 || parts == 1) return pieces.at(0);
+  const int64_t d = spec.tp_dim, g = spec.tp_groups;
+  std::vector<at::Tensor> grouped;  // each piece as (..., g, 1, local / g, ...)
+  for (const auto& p : pieces) {
+    std::vector<int64_t> split(p.sizes().begin(), p.sizes().end());
+    split[d] /= g;
+    split.insert(split.begin() + d, {g, 1});
+    grouped.push_back(p.reshape(split));
+  }
+  return at::cat(grouped, d + 1).reshape(spec.shape);
 }
 
 int64_t count_params(const std::vector<ParamSpec>& specs) {

@@ -20,9 +20,22 @@ struct ParamSpec {
   double std = 0.02;           // for kNormal
   bool decay = true;           // weight decay applies (false for norms, biases and, by default, embeddings)
   bool is_embedding = false;   // an embedding table (decayed only with optim.decay_embeddings)
+  // Tensor parallelism (the model's sharding plan): the dimension split over the tp ranks (-1: replicated), cut
+  // into `tp_groups` equal groups that are split separately (3 for a fused q|k|v projection, so each rank keeps its
+  // heads of each of q, k and v).
+  int tp_dim = -1;
+  int tp_groups = 1;
 
   int64_t numel() const;
+  // The shape one of `parts` tensor-parallel ranks holds.
+  std::vector<int64_t> local_shape(int parts) const;
 };
+
+// Rank `index` of `parts`'s piece of a parameter given whole (global shape), as ParamSpec::tp_dim/tp_groups say
+// (a contiguous copy). The whole tensor itself when the parameter is replicated or parts == 1.
+at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, int parts, int index);
+// The inverse: the whole parameter from all ranks' pieces in rank order.
+at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec);
 
 // Sum of numel over the specs.
 int64_t count_params(const std::vector<ParamSpec>& specs);

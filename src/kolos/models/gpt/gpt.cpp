@@ -15,28 +15,32 @@ std::vector<ParamSpec> Gpt::param_specs() const {
   const int64_t C = c.hidden, F = c.ffn_hidden, V = c.vocab, P = c.seq_len;
   const double std = c.init_std, proj_std = c.init_std / std::sqrt(2.0 * c.layers);
   std::vector<ParamSpec> s;
-  auto weight = [&](std::string name, std::vector<int64_t> shape, double sd) {
-    s.push_back({std::move(name), std::move(shape), Init::kNormal, sd, true, false});
+  // Sharding plan (tensor parallelism): q|k|v and fc split by outputs (qkv in three groups, so each rank keeps
+  // its heads of each), the projections by inputs, the token embedding (and tied head) by vocabulary.
+  auto weight = [&](std::string name, std::vector<int64_t> shape, double sd, int tp_dim, int groups = 1) {
+    s.push_back({std::move(name), std::move(shape), Init::kNormal, sd, true, false, tp_dim, groups});
   };
-  auto bias = [&](std::string name, int64_t n) { s.push_back({std::move(name), {n}, Init::kZeros, 0, false, false}); };
+  auto bias = [&](std::string name, int64_t n, int tp_dim, int groups = 1) {
+    s.push_back({std::move(name), {n}, Init::kZeros, 0, false, false, tp_dim, groups});
+  };
   auto norm = [&](const std::string& name) {
     s.push_back({name + ".weight", {C}, Init::kOnes, 0, false, false});
     s.push_back({name + ".bias", {C}, Init::kZeros, 0, false, false});
   };
-  s.push_back({"wte.weight", {V, C}, Init::kNormal, std, false, true});
+  s.push_back({"wte.weight", {V, C}, Init::kNormal, std, false, true, 0});
   s.push_back({"wpe.weight", {P, C}, Init::kNormal, 0.01, false, true});
   for (int64_t i = 0; i < c.layers; ++i) {
     const std::string h = "h." + std::to_string(i) + ".";
     norm(h + "ln_1");
-    weight(h + "attn.qkv.weight", {3 * C, C}, std);
-    bias(h + "attn.qkv.bias", 3 * C);
-    weight(h + "attn.proj.weight", {C, C}, proj_std);
-    bias(h + "attn.proj.bias", C);
+    weight(h + "attn.qkv.weight", {3 * C, C}, std, 0, 3);
+    bias(h + "attn.qkv.bias", 3 * C, 0, 3);
+    weight(h + "attn.proj.weight", {C, C}, proj_std, 1);
+    bias(h + "attn.proj.bias", C, -1);
     norm(h + "ln_2");
-    weight(h + "mlp.fc.weight", {F, C}, std);
-    bias(h + "mlp.fc.bias", F);
-    weight(h + "mlp.proj.weight", {C, F}, proj_std);
-    bias(h + "mlp.proj.bias", C);
+    weight(h + "mlp.fc.weight", {F, C}, std, 0);
+    bias(h + "mlp.fc.bias", F, 0);
+    weight(h + "mlp.proj.weight", {C, F}, proj_std, 1);
+    bias(h + "mlp.proj.bias", C, -1);
   }
   norm("ln_f");
   return s;
@@ -61,20 +65,21 @@ void Gpt::on_params_bound() {
     b.ln1_b = param(h + "ln_1.bias");
     b.ln2_w = param(h + "ln_2.weight");
     b.ln2_b = param(h + "ln_2.bias");
-    b.qkv = {param(h + "attn.qkv.weight"), param(h + "attn.qkv.bias")};
-    b.proj = {param(h + "attn.proj.weight"), param(h + "attn.proj.bias")};
-    b.fc = {param(h + "mlp.fc.weight"), param(h + "mlp.fc.bias")};
-    b.fc_proj = {param(h + "mlp.proj.weight"), param(h + "mlp.proj.bias")};
+    b.qkv = linear(h + "attn.qkv", true);
+    b.proj = linear(h + "attn.proj", true);
+    b.fc = linear(h + "mlp.fc", true);
+    b.fc_proj = linear(h + "mlp.proj", true);
     blocks_.push_back(std::move(b));
   }
 }
 
 at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
-  const int64_t B = x.size(0), T = x.size(1), C = config_.hidden, H = config_.heads, D = C / H;
+  // The heads are those the qkv weight holds (all of them on one process).
+  const int64_t B = x.size(0), T = x.size(1), D = config_.hidden / config_.heads, H = b.qkv.weight.size(0) / (3 * D);
   at::Tensor h = nn::layer_norm(x, b.ln1_w, b.ln1_b, config_.norm_eps);
   at::Tensor qkv = b.qkv.forward(h).view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // (3, B, H, T, D)
   at::Tensor y = nn::causal_attention(qkv[0], qkv[1], qkv[2]);                       // (B, H, T, D)
-  y = y.transpose(1, 2).reshape({B, T, C});
+  y = y.transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.proj.forward(y));
   h = nn::layer_norm(r, b.ln2_w, b.ln2_b, config_.norm_eps);
   return r + dropout(b.fc_proj.forward(nn::gelu(b.fc.forward(h))));
@@ -83,10 +88,10 @@ at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
 at::Tensor Gpt::forward(const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  at::Tensor x = dropout(nn::embedding(wte_, ids) + wpe_.narrow(0, 0, T));
+  at::Tensor x = dropout(embed(wte_, ids) + wpe_.narrow(0, 0, T));
   for (const auto& b : blocks_) x = block_forward(b, x);
   x = nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps);
-  return at::matmul(x, wte_.t());
+  return head(x, wte_);
 }
 
 }  // namespace kolos::models

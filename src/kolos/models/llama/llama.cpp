@@ -15,25 +15,27 @@ std::vector<ParamSpec> Llama::param_specs() const {
   const int64_t C = c.hidden, F = c.ffn_hidden, V = c.vocab, D = c.hidden / c.heads;
   const double std = c.init_std, proj_std = c.init_std / std::sqrt(2.0 * c.layers);
   std::vector<ParamSpec> s;
-  auto weight = [&](std::string name, std::vector<int64_t> shape, double sd) {
-    s.push_back({std::move(name), std::move(shape), Init::kNormal, sd, true, false});
+  // Sharding plan (tensor parallelism): q, k, v, gate and up split by outputs (heads, KV heads, F), o and down
+  // by inputs, the embedding and the output head by vocabulary.
+  auto weight = [&](std::string name, std::vector<int64_t> shape, double sd, int tp_dim) {
+    s.push_back({std::move(name), std::move(shape), Init::kNormal, sd, true, false, tp_dim});
   };
   auto norm = [&](std::string name) { s.push_back({std::move(name), {C}, Init::kOnes, 0, false, false}); };
-  s.push_back({"embed_tokens.weight", {V, C}, Init::kNormal, std, false, true});
+  s.push_back({"embed_tokens.weight", {V, C}, Init::kNormal, std, false, true, 0});
   for (int64_t i = 0; i < c.layers; ++i) {
     const std::string l = "layers." + std::to_string(i) + ".";
     norm(l + "input_layernorm.weight");
-    weight(l + "self_attn.q_proj.weight", {c.heads * D, C}, std);
-    weight(l + "self_attn.k_proj.weight", {c.kv_heads * D, C}, std);
-    weight(l + "self_attn.v_proj.weight", {c.kv_heads * D, C}, std);
-    weight(l + "self_attn.o_proj.weight", {C, c.heads * D}, proj_std);
+    weight(l + "self_attn.q_proj.weight", {c.heads * D, C}, std, 0);
+    weight(l + "self_attn.k_proj.weight", {c.kv_heads * D, C}, std, 0);
+    weight(l + "self_attn.v_proj.weight", {c.kv_heads * D, C}, std, 0);
+    weight(l + "self_attn.o_proj.weight", {C, c.heads * D}, proj_std, 1);
     norm(l + "post_attention_layernorm.weight");
-    weight(l + "mlp.gate_proj.weight", {F, C}, std);
-    weight(l + "mlp.up_proj.weight", {F, C}, std);
-    weight(l + "mlp.down_proj.weight", {C, F}, proj_std);
+    weight(l + "mlp.gate_proj.weight", {F, C}, std, 0);
+    weight(l + "mlp.up_proj.weight", {F, C}, std, 0);
+    weight(l + "mlp.down_proj.weight", {C, F}, proj_std, 1);
   }
   norm("norm.weight");
-  if (!c.tie_embeddings) weight("lm_head.weight", {V, C}, std);
+  if (!c.tie_embeddings) weight("lm_head.weight", {V, C}, std, 0);
   return s;
 }
 
@@ -54,25 +56,27 @@ void Llama::on_params_bound() {
     Block b;
     b.attn_norm = param(l + "input_layernorm.weight");
     b.mlp_norm = param(l + "post_attention_layernorm.weight");
-    b.q = {param(l + "self_attn.q_proj.weight"), {}};
-    b.k = {param(l + "self_attn.k_proj.weight"), {}};
-    b.v = {param(l + "self_attn.v_proj.weight"), {}};
-    b.o = {param(l + "self_attn.o_proj.weight"), {}};
-    b.gate = {param(l + "mlp.gate_proj.weight"), {}};
-    b.up = {param(l + "mlp.up_proj.weight"), {}};
-    b.down = {param(l + "mlp.down_proj.weight"), {}};
+    b.q = linear(l + "self_attn.q_proj", false);
+    b.k = linear(l + "self_attn.k_proj", false);
+    b.v = linear(l + "self_attn.v_proj", false);
+    b.o = linear(l + "self_attn.o_proj", false);
+    b.gate = linear(l + "mlp.gate_proj", false);
+    b.up = linear(l + "mlp.up_proj", false);
+    b.down = linear(l + "mlp.down_proj", false);
     blocks_.push_back(std::move(b));
   }
 }
 
 at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
-  const int64_t B = x.size(0), T = x.size(1), H = config_.heads, KV = config_.kv_heads;
-  const int64_t D = config_.hidden / H;
+  // The heads are those the q/k weights hold (all of them on one process).
+  const int64_t B = x.size(0), T = x.size(1), D = config_.hidden / config_.heads;
+  const int64_t H = b.q.weight.size(0) / D, KV = b.k.weight.size(0) / D;
   at::Tensor cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
   at::Tensor h = nn::rms_norm(x, b.attn_norm, config_.norm_eps);
-  at::Tensor q = nn::apply_rope(b.q.forward(h).view({B, T, H, D}).transpose(1, 2), cos, sin);
-  at::Tensor k = nn::apply_rope(b.k.forward(h).view({B, T, KV, D}).transpose(1, 2), cos, sin);
-  at::Tensor v = b.v.forward(h).view({B, T, KV, D}).transpose(1, 2);
+  const auto qkv = nn::forward_many(h, {&b.q, &b.k, &b.v}, sharding_);
+  at::Tensor q = nn::apply_rope(qkv[0].view({B, T, H, D}).transpose(1, 2), cos, sin);
+  at::Tensor k = nn::apply_rope(qkv[1].view({B, T, KV, D}).transpose(1, 2), cos, sin);
+  at::Tensor v = qkv[2].view({B, T, KV, D}).transpose(1, 2);
   if (KV != H) {  // each key/value head serves H/KV consecutive query heads
     k = k.repeat_interleave(H / KV, /*dim=*/1);
     v = v.repeat_interleave(H / KV, /*dim=*/1);
@@ -80,16 +84,17 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
   at::Tensor y = nn::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.o.forward(y));
   h = nn::rms_norm(r, b.mlp_norm, config_.norm_eps);
-  return r + dropout(b.down.forward(at::silu(b.gate.forward(h)) * b.up.forward(h)));
+  const auto gate_up = nn::forward_many(h, {&b.gate, &b.up}, sharding_);
+  return r + dropout(b.down.forward(at::silu(gate_up[0]) * gate_up[1]));
 }
 
 at::Tensor Llama::forward(const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  at::Tensor x = dropout(nn::embedding(embed_, ids));
+  at::Tensor x = dropout(embed(embed_, ids));
   for (const auto& b : blocks_) x = block_forward(b, x);
   x = nn::rms_norm(x, norm_, config_.norm_eps);
-  return at::matmul(x, head_.t());
+  return head(x, head_);
 }
 
 }  // namespace kolos::models

@@ -1,0 +1,129 @@
+#include "kolos/parallel/tensor/tp1d.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kolos/core/error.h"
+#include "kolos/parallel/tensor/regions.h"
+
+namespace kolos::parallel::tensor {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// copy_to fused with up to three column-parallel products of the same input (q|k|v, gate|up), so backward sums
+// their input gradients, launches one all-reduce, and overlaps it with the weight gradients' products. Absent
+// products and biases travel as empty tensors (a custom function's inputs must be defined).
+struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
+  static constexpr int kMax = 3;
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w0, const at::Tensor& b0,
+                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                               dist::Comm* comm) {
+    ctx->save_for_backward({x, w0, w1, w2});
+    ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+    const at::Tensor* w[kMax] = {&w0, &w1, &w2};
+    const at::Tensor* b[kMax] = {&b0, &b1, &b2};
+    variable_list out;
+    for (int i = 0; i < kMax && w[i]->numel() > 0; ++i) {
+      ctx->saved_data["bias" + std::to_string(i)] = b[i]->numel() > 0;
+      out.push_back(b[i]->numel() > 0 ? at::linear(x, *w[i], *b[i]) : at::linear(x, *w[i]));
+    }
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto& comm = *reinterpret_cast<dist::Comm*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    dist::Ledger::PhaseScope phase(comm.ledger(), dist::Phase::kBackward);
+    // The input gradient: Σ_i go_i W_i over this rank's outputs of every product, partial until all-reduced.
+    at::Tensor grad_x;
+    for (size_t i = 0; i < grads.size() && saved[1 + i].numel() > 0; ++i) {
+      if (!grads[i].defined()) continue;
+      at::Tensor gi = at::matmul(grads[i], saved[1 + i]);
+      grad_x = grad_x.defined() ? grad_x.add_(gi) : gi;
+    }
+    if (!grad_x.defined()) grad_x = at::zeros_like(x);
+    grad_x = grad_x.contiguous();
+    dist::Handle reduce = comm.all_reduce_async(grad_x);
+    variable_list out(2 * kMax + 2);
+    const at::Tensor x2 = x.reshape({-1, x.size(-1)});
+    for (size_t i = 0; i < grads.size() && saved[1 + i].numel() > 0; ++i) {
+      if (!grads[i].defined()) continue;
+      const at::Tensor go = grads[i].reshape({-1, grads[i].size(-1)});
+      out[1 + 2 * i] = go.t().mm(x2);
+      if (ctx->saved_data["bias" + std::to_string(i)].toBool()) out[2 + 2 * i] = go.sum(0);
+    }
+    reduce.wait();
+    out[0] = grad_x;
+    return out;
+  }
+};
+
+std::vector<at::Tensor> column_many(const at::Tensor& x, const std::vector<const nn::Linear*>& layers,
+                                    dist::Comm& comm) {
+  KOLOS_ASSERT(!layers.empty() && layers.size() <= ColumnLinear::kMax, "{} column-parallel products of one input",
+               layers.size());
+  const at::Tensor none = at::empty({0}, x.options());
+  at::Tensor w[ColumnLinear::kMax], b[ColumnLinear::kMax];
+  for (int i = 0; i < ColumnLinear::kMax; ++i) {
+    const bool have = i < static_cast<int>(layers.size());
+    w[i] = have ? layers[i]->weight : none;
+    b[i] = have && layers[i]->bias.defined() ? layers[i]->bias : none;
+  }
+  return ColumnLinear::apply(x, w[0], b[0], w[1], b[1], w[2], b[2], &comm);
+}
+
+at::Tensor column(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, dist::Comm& comm) {
+  nn::Linear l{weight, bias, {}};
+  return column_many(x, {&l}, comm)[0];
+}
+
+at::Tensor vocab_cross_entropy(const at::Tensor& logits, const at::Tensor& targets, dist::Comm& comm) {
+  const int64_t part = logits.size(-1), start = comm.rank() * part;
+  at::Tensor max = std::get<0>(logits.detach().max(-1)).contiguous();
+  {
+    dist::Ledger::PhaseScope phase(comm.ledger(), dist::Phase::kForward);
+    comm.all_reduce(max, dist::ReduceOp::kMax);
+  }
+  at::Tensor shifted = logits - max.unsqueeze(-1);
+  at::Tensor sum_exp = reduce_from(shifted.exp().sum(-1), comm);
+  at::Tensor local = targets - start;
+  at::Tensor mine = (local >= 0).logical_and(local < part);
+  at::Tensor picked = shifted.gather(-1, local.clamp(0, part - 1).unsqueeze(-1)).squeeze(-1) * mine;
+  picked = reduce_from(picked, comm);
+  return (sum_exp.log() - picked).mean();
+}
+
+at::Tensor vocab_embedding(const at::Tensor& weight, const at::Tensor& ids, dist::Comm& comm) {
+  const int64_t part = weight.size(0), start = comm.rank() * part;
+  at::Tensor local = ids - start;
+  at::Tensor mine = (local >= 0).logical_and(local < part);
+  at::Tensor rows = at::embedding(weight, local.clamp(0, part - 1)) * mine.unsqueeze(-1);
+  return reduce_from(rows, comm);
+}
+
+}  // namespace
+
+nn::Sharding tensor_parallel_1d(dist::Comm& tp) {
+  nn::Sharding s;
+  s.parts = tp.size();
+  if (s.parts == 1) return s;
+  dist::Comm* comm = &tp;
+  s.column = [comm](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return column(x, w, b, *comm); };
+  s.row = [comm](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    at::Tensor y = reduce_from(at::linear(x, w), *comm);
+    return b.defined() ? y + b : y;
+  };
+  s.embedding = [comm](const at::Tensor& w, const at::Tensor& ids) { return vocab_embedding(w, ids, *comm); };
+  s.column_many = [comm](const at::Tensor& x, const std::vector<const nn::Linear*>& layers) {
+    return column_many(x, layers, *comm);
+  };
+  s.head = [comm](const at::Tensor& x, const at::Tensor& w) { return column(x, w, at::Tensor(), *comm); };
+  s.cross_entropy = [comm](const at::Tensor& logits, const at::Tensor& targets) {
+    return vocab_cross_entropy(logits, targets, *comm);
+  };
+  return s;
+}
+
+}  // namespace kolos::parallel::tensor

@@ -1,0 +1,25 @@
+// 1D tensor parallelism (Megatron-LM): the layers of nn::Sharding for a tp group, built from the regions.
+//
+//   column  y_r = x W_rᵀ + b_r: the input enters through copy_to (whole on every rank); in backward the input
+//           gradient's all-reduce is launched before the weight gradient is computed and waited for after it, so
+//           the two overlap.
+//   row     y = reduce_from(x_r W_rᵀ) + b: this rank's slice of the inputs, partial products summed; the bias
+//           (replicated) added once, after the sum.
+//   embedding  this rank's rows [r·V/t, (r+1)·V/t) of the table; ids outside them give zeros; reduce_from sums.
+//   head    the column product without bias: logits of this rank's slice of the vocabulary.
+//   cross_entropy  vocab-parallel: the global maximum (all-reduce max, no gradient), the sum of exponentials
+//           and the target's logit (reduce_from each); the full logits are never gathered.
+//
+// Per layer and micro-batch of b·s tokens at hidden h: forward one all-reduce of b·s·h after attention and one
+// after the MLP, backward one each at the attention's and the MLP's input (yardsticks §5).
+#pragma once
+
+#include "kolos/dist/comm.h"
+#include "kolos/nn/layers.h"
+
+namespace kolos::parallel::tensor {
+
+// The sharding for the tp group `tp` (parts = its size). `tp` must outlive the model.
+nn::Sharding tensor_parallel_1d(dist::Comm& tp);
+
+}  // namespace kolos::parallel::tensor

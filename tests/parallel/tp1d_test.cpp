@@ -1,0 +1,116 @@
+// 1D tensor parallelism (src/kolos/parallel/tensor/tp1d.h) against one process: GPT-2 and LLaMA (grouped-query
+// attention, untied head) built on every tp rank with the sharding of tensor_parallel_1d and its pieces of the same
+// random parameters; the loss and every parameter's gradient (this rank's piece of the one-process gradient) must
+// agree. Also the ledger: the analytical all-reduce count and volume of 1D tensor parallelism, and the unsharding
+// of every parameter. Ranks are threads (tests/dist/thread_ranks.h).
+#include "kolos/parallel/tensor/tp1d.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kolos/config/config.h"
+#include "kolos/models/model.h"
+#include "tests/dist/thread_ranks.h"
+
+namespace kolos::parallel::tensor {
+namespace {
+
+ModelConfig config_for(const std::string& arch) {
+  ModelConfig c;
+  c.arch = arch;
+  c.layers = 2;
+  c.hidden = 32;
+  c.heads = 4;
+  c.kv_heads = arch == "llama" ? 2 : 4;
+  c.ffn_hidden = arch == "llama" ? 72 : 128;
+  c.vocab = 36;  // divisible by 2 and 4
+  c.seq_len = 16;
+  c.tie_embeddings = arch == "gpt2";
+  return c;
+}
+
+// Parameters on scales where every part matters (as tests/models/models_test.cpp draws them).
+std::vector<at::Tensor> random_params(const models::Model& model, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  std::vector<at::Tensor> out;
+  for (const auto& spec : model.param_specs()) {
+    at::Tensor r = at::randn(spec.shape, gen, at::kFloat);
+    if (spec.init == nn::Init::kOnes) out.push_back(1.0 + 0.2 * r);
+    else if (spec.init == nn::Init::kZeros) out.push_back(0.2 * r);
+    else out.push_back(spec.is_embedding ? 0.5 * r : r / std::sqrt(static_cast<double>(spec.shape.back())));
+  }
+  return out;
+}
+
+double rel(const at::Tensor& got, const at::Tensor& want) {
+  const double norm = want.norm().item<double>();
+  return (got - want).norm().item<double>() / (norm > 0 ? norm : 1.0);
+}
+
+void check_arch(const std::string& arch, int tp) {
+  const ModelConfig config = config_for(arch);
+  auto gen = at::detail::createCPUGenerator(7);
+  const int64_t B = 2, T = 12;
+  const at::Tensor ids = at::randint(config.vocab, {B, T}, gen, at::kLong);
+  const at::Tensor targets = at::randint(config.vocab, {B, T}, gen, at::kLong);
+
+  auto reference = models::Model::create(config);
+  const auto whole = random_params(*reference, 11);
+  std::vector<at::Tensor> params;
+  for (const auto& p : whole) params.push_back(p.clone());
+  reference->bind_params(params);
+  const at::Tensor ref_loss = reference->loss(ids, targets);
+  ref_loss.backward();
+  const auto specs = reference->param_specs();
+
+  std::vector<std::vector<at::Tensor>> pieces(tp);  // per rank: its parameters, to unshard
+  test::run_thread_ranks(
+      tp,
+      [&](dist::Comm& comm, int r) {
+        auto model = models::Model::create(config);
+        model->set_sharding(tensor_parallel_1d(comm));
+        std::vector<at::Tensor> local;
+        for (size_t i = 0; i < specs.size(); ++i) local.push_back(nn::shard_param(whole[i], specs[i], tp, r).clone());
+        model->bind_params(local);
+        pieces[r] = local;
+        at::Tensor loss = model->loss(ids, targets);
+        EXPECT_LT(std::abs(loss.item<double>() - ref_loss.item<double>()), 1e-5 * std::abs(ref_loss.item<double>()))
+            << arch << " rank " << r << ": " << loss.item<double>() << " vs " << ref_loss.item<double>();
+        loss.backward();
+        for (size_t i = 0; i < specs.size(); ++i) {
+          const at::Tensor want = nn::shard_param(reference->params()[i].second.grad(), specs[i], tp, r);
+          EXPECT_LT(rel(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
+        }
+        // Per layer, forward: one all-reduce after attention and one after the MLP of B·T·C floats, plus the
+        // embedding's; backward: one at each column-parallel input (q|k|v and fc, or gate|up, each fused into one)
+        // and the head's. So 8·B·T·C·(t−1)/t elements per layer (yardsticks §5), plus the embedding, head and loss.
+        const int64_t L = config.layers, C = config.hidden;
+        EXPECT_EQ(comm.ledger().calls("tp", "all_reduce", dist::Phase::kBackward), 2 * L + 1);
+        EXPECT_EQ(comm.ledger().bytes("tp", "all_reduce", dist::Phase::kBackward),
+                  (2 * L + 1) * dist::algorithmic_bytes("all_reduce", B * T * C * 4, tp));
+        // Forward: 2 per layer + embedding (B·T·C) + the loss's max, sum of exponentials and target logit (B·T each).
+        EXPECT_EQ(comm.ledger().calls("tp", "all_reduce", dist::Phase::kForward), 2 * L + 1 + 3);
+        EXPECT_EQ(comm.ledger().bytes("tp", "all_reduce", dist::Phase::kForward),
+                  (2 * L + 1) * dist::algorithmic_bytes("all_reduce", B * T * C * 4, tp) +
+                      3 * dist::algorithmic_bytes("all_reduce", B * T * 4, tp));
+      },
+      std::chrono::seconds(30), 0, "tp");
+  for (size_t i = 0; i < specs.size(); ++i) {
+    std::vector<at::Tensor> parts;
+    for (int r = 0; r < tp; ++r) parts.push_back(pieces[r][i].detach());
+    EXPECT_TRUE(at::equal(nn::unshard_param(parts, specs[i]), whole[i])) << specs[i].name;
+  }
+}
+
+TEST(TensorParallel1d, GptTwoAndFourRanksMatchOneProcess) {
+  check_arch("gpt2", 2);
+  check_arch("gpt2", 4);
+}
+
+TEST(TensorParallel1d, LlamaWithGroupedQueryAttentionTwoRanksMatchesOneProcess) { check_arch("llama", 2); }
+
+}  // namespace
+}  // namespace kolos::parallel::tensor
