@@ -50,7 +50,9 @@ double rel(const at::Tensor& got, const at::Tensor& want) {
   return (got - want).norm().item<double>() / (norm > 0 ? norm : 1.0);
 }
 
-void check_arch(const std::string& arch, int tp) {
+// With `sequence` (Megatron-SP) the gradients of sequence_sliced parameters are summed over tp here, as the trainer
+// does, before the comparison.
+void check_arch(const std::string& arch, int tp, bool sequence = false) {
   const ModelConfig config = config_for(arch);
   auto gen = at::detail::createCPUGenerator(7);
   const int64_t B = 2, T = 12;
@@ -71,7 +73,7 @@ void check_arch(const std::string& arch, int tp) {
       tp,
       [&](dist::Comm& comm, int r) {
         auto model = models::Model::create(config);
-        model->set_sharding(tensor_parallel_1d(comm));
+        model->set_sharding(tensor_parallel_1d(comm, sequence));
         std::vector<at::Tensor> local;
         for (size_t i = 0; i < specs.size(); ++i) local.push_back(nn::shard_param(whole[i], specs[i], tp, r).clone());
         model->bind_params(local);
@@ -80,6 +82,8 @@ void check_arch(const std::string& arch, int tp) {
         EXPECT_LT(std::abs(loss.item<double>() - ref_loss.item<double>()), 1e-5 * std::abs(ref_loss.item<double>()))
             << arch << " rank " << r << ": " << loss.item<double>() << " vs " << ref_loss.item<double>();
         loss.backward();
+        for (size_t i = 0; i < specs.size(); ++i)
+          if (sequence && specs[i].sequence_sliced) comm.all_reduce(local[i].mutable_grad());
         for (size_t i = 0; i < specs.size(); ++i) {
           const at::Tensor want = nn::shard_param(reference->params()[i].second.grad(), specs[i], tp, r);
           EXPECT_LT(rel(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
@@ -87,15 +91,30 @@ void check_arch(const std::string& arch, int tp) {
         // Per layer, forward: one all-reduce after attention and one after the MLP of B·T·C floats, plus the
         // embedding's; backward: one at each column-parallel input (q|k|v and fc, or gate|up, each fused into one)
         // and the head's. So 8·B·T·C·(t−1)/t elements per layer (yardsticks §5), plus the embedding, head and loss.
+        // Megatron-SP replaces each all-reduce by an all-gather and a reduce-scatter of the same total volume.
         const int64_t L = config.layers, C = config.hidden;
-        EXPECT_EQ(comm.ledger().calls("tp", "all_reduce", dist::Phase::kBackward), 2 * L + 1);
-        EXPECT_EQ(comm.ledger().bytes("tp", "all_reduce", dist::Phase::kBackward),
-                  (2 * L + 1) * dist::algorithmic_bytes("all_reduce", B * T * C * 4, tp));
-        // Forward: 2 per layer + embedding (B·T·C) + the loss's max, sum of exponentials and target logit (B·T each).
-        EXPECT_EQ(comm.ledger().calls("tp", "all_reduce", dist::Phase::kForward), 2 * L + 1 + 3);
-        EXPECT_EQ(comm.ledger().bytes("tp", "all_reduce", dist::Phase::kForward),
-                  (2 * L + 1) * dist::algorithmic_bytes("all_reduce", B * T * C * 4, tp) +
-                      3 * dist::algorithmic_bytes("all_reduce", B * T * 4, tp));
+        const int64_t whole = B * T * C * 4, loss_terms = 3 * dist::algorithmic_bytes("all_reduce", B * T * 4, tp);
+        const int64_t ar = dist::algorithmic_bytes("all_reduce", whole, tp);
+        const auto& ledger = comm.ledger();
+        auto volume = [&](dist::Phase phase) {
+          return ledger.bytes("tp", "all_reduce", phase) + ledger.bytes("tp", "all_gather", phase) +
+                 ledger.bytes("tp", "reduce_scatter", phase);
+        };
+        if (!sequence) {
+          EXPECT_EQ(ledger.calls("tp", "all_reduce", dist::Phase::kBackward), 2 * L + 1);
+          EXPECT_EQ(ledger.calls("tp", "all_reduce", dist::Phase::kForward), 2 * L + 1 + 3);
+        } else {
+          EXPECT_EQ(ledger.calls("tp", "all_gather", dist::Phase::kForward), 2 * L + 1);  // + the head's input
+          EXPECT_EQ(ledger.calls("tp", "reduce_scatter", dist::Phase::kForward), 2 * L);
+          EXPECT_EQ(ledger.calls("tp", "reduce_scatter", dist::Phase::kBackward), 2 * L + 1);
+          EXPECT_EQ(ledger.calls("tp", "all_gather", dist::Phase::kBackward), 2 * L + 1);  // + the entry split
+          EXPECT_EQ(ledger.calls("tp", "all_reduce", dist::Phase::kForward), 1 + 3);       // embedding, loss
+        }
+        // Backward: the layers and the head (with SP: 2L + 1 reduce-scatters at the column inputs, 2L all-gathers at
+        // the row outputs and one at the blocks' entry, each half an all-reduce: the same total).
+        EXPECT_EQ(volume(dist::Phase::kBackward), (2 * L + 1) * ar);
+        // Forward: the layers, the embedding and the loss (and, with SP, the head's input all-gather).
+        EXPECT_EQ(volume(dist::Phase::kForward), (2 * L + 1) * ar + loss_terms + (sequence ? ar / 2 : 0));
       },
       std::chrono::seconds(30), 0, "tp");
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -111,6 +130,12 @@ TEST(TensorParallel1d, GptTwoAndFourRanksMatchOneProcess) {
 }
 
 TEST(TensorParallel1d, LlamaWithGroupedQueryAttentionTwoRanksMatchesOneProcess) { check_arch("llama", 2); }
+
+TEST(TensorParallel1d, MegatronSequenceParallelMatchesOneProcess) {
+  check_arch("gpt2", 2, true);
+  check_arch("gpt2", 4, true);
+  check_arch("llama", 2, true);
+}
 
 }  // namespace
 }  // namespace kolos::parallel::tensor

@@ -63,6 +63,8 @@ at::Tensor Model::embed(const at::Tensor& weight, const at::Tensor& ids) const {
   return sharding_.embedding ? sharding_.embedding(weight, ids) : nn::embedding(weight, ids);
 }
 
+at::Tensor Model::enter_blocks(const at::Tensor& x) const { return sharding_.enter ? sharding_.enter(x) : x; }
+
 at::Tensor Model::head(const at::Tensor& x, const at::Tensor& weight) const {
   return sharding_.head ? sharding_.head(x, weight) : at::matmul(x, weight.t());
 }

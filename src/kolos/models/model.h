@@ -68,6 +68,7 @@ class Model {
   // when `bias`), its slot filled for a split weight; the token look-up; the output head's logits.
   nn::Linear linear(const std::string& prefix, bool bias) const;
   at::Tensor embed(const at::Tensor& weight, const at::Tensor& ids) const;
+  at::Tensor enter_blocks(const at::Tensor& x) const;
   at::Tensor head(const at::Tensor& x, const at::Tensor& weight) const;
 
   ModelConfig config_;

@@ -36,6 +36,9 @@ std::vector<at::Tensor> forward_many(const at::Tensor& x, const std::vector<cons
 // where it would call the plain functions; its own code stays single-device.
 struct Sharding {
   int parts = 1;  // tensor-parallel degree: a parameter with tp_dim >= 0 holds 1/parts of that dimension
+  // The hidden state entering the blocks (after the embeddings): kept whole, or this rank's slice of the sequence
+  // (Megatron-SP), in which case the blocks' norms and dropout run on the slice and the Linears gather it.
+  std::function<at::Tensor(const at::Tensor& x)> enter;
   LinearFn column, row;  // Linears whose weight is split along dim 0 (outputs) / dim 1 (inputs)
   // Column-split Linears (at most 3) of one input, fused.
   std::function<std::vector<at::Tensor>(const at::Tensor& x, const std::vector<const Linear*>& layers)> column_many;

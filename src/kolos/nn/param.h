@@ -25,6 +25,10 @@ struct ParamSpec {
   // heads of each of q, k and v).
   int tp_dim = -1;
   int tp_groups = 1;
+  // A replicated parameter applied to the residual stream inside the blocks (norms, biases added after a
+  // row-parallel product): under Megatron-SP each tp rank applies it to its slice of the sequence only, so its
+  // gradient must be summed over the tp group.
+  bool sequence_sliced = false;
 
   int64_t numel() const;
   // The shape one of `parts` tensor-parallel ranks holds.

@@ -20,12 +20,13 @@ std::vector<ParamSpec> Gpt::param_specs() const {
   auto weight = [&](std::string name, std::vector<int64_t> shape, double sd, int tp_dim, int groups = 1) {
     s.push_back({std::move(name), std::move(shape), Init::kNormal, sd, true, false, tp_dim, groups});
   };
+  // Replicated biases (after a row-parallel product) and norms act on the residual stream: sequence_sliced.
   auto bias = [&](std::string name, int64_t n, int tp_dim, int groups = 1) {
-    s.push_back({std::move(name), {n}, Init::kZeros, 0, false, false, tp_dim, groups});
+    s.push_back({std::move(name), {n}, Init::kZeros, 0, false, false, tp_dim, groups, tp_dim < 0});
   };
   auto norm = [&](const std::string& name) {
-    s.push_back({name + ".weight", {C}, Init::kOnes, 0, false, false});
-    s.push_back({name + ".bias", {C}, Init::kZeros, 0, false, false});
+    s.push_back({name + ".weight", {C}, Init::kOnes, 0, false, false, -1, 1, true});
+    s.push_back({name + ".bias", {C}, Init::kZeros, 0, false, false, -1, 1, true});
   };
   s.push_back({"wte.weight", {V, C}, Init::kNormal, std, false, true, 0});
   s.push_back({"wpe.weight", {P, C}, Init::kNormal, 0.01, false, true});
@@ -75,9 +76,12 @@ void Gpt::on_params_bound() {
 
 at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
   // The heads are those the qkv weight holds (all of them on one process).
-  const int64_t B = x.size(0), T = x.size(1), D = config_.hidden / config_.heads, H = b.qkv.weight.size(0) / (3 * D);
+  // The sequence is the one the qkv product returns (whole, also when x is a slice of it under Megatron-SP).
+  const int64_t B = x.size(0), D = config_.hidden / config_.heads, H = b.qkv.weight.size(0) / (3 * D);
   at::Tensor h = nn::layer_norm(x, b.ln1_w, b.ln1_b, config_.norm_eps);
-  at::Tensor qkv = b.qkv.forward(h).view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // (3, B, H, T, D)
+  at::Tensor qkv = b.qkv.forward(h);
+  const int64_t T = qkv.size(1);
+  qkv = qkv.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // (3, B, H, T, D)
   at::Tensor y = nn::causal_attention(qkv[0], qkv[1], qkv[2]);                       // (B, H, T, D)
   y = y.transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.proj.forward(y));
@@ -88,7 +92,7 @@ at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
 at::Tensor Gpt::forward(const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  at::Tensor x = dropout(embed(wte_, ids) + wpe_.narrow(0, 0, T));
+  at::Tensor x = dropout(enter_blocks(embed(wte_, ids) + wpe_.narrow(0, 0, T)));
   for (const auto& b : blocks_) x = block_forward(b, x);
   x = nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps);
   return head(x, wte_);

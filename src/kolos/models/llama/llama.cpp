@@ -20,7 +20,7 @@ std::vector<ParamSpec> Llama::param_specs() const {
   auto weight = [&](std::string name, std::vector<int64_t> shape, double sd, int tp_dim) {
     s.push_back({std::move(name), std::move(shape), Init::kNormal, sd, true, false, tp_dim});
   };
-  auto norm = [&](std::string name) { s.push_back({std::move(name), {C}, Init::kOnes, 0, false, false}); };
+  auto norm = [&](std::string name) { s.push_back({std::move(name), {C}, Init::kOnes, 0, false, false, -1, 1, true}); };
   s.push_back({"embed_tokens.weight", {V, C}, Init::kNormal, std, false, true, 0});
   for (int64_t i = 0; i < c.layers; ++i) {
     const std::string l = "layers." + std::to_string(i) + ".";
@@ -69,11 +69,13 @@ void Llama::on_params_bound() {
 
 at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
   // The heads are those the q/k weights hold (all of them on one process).
-  const int64_t B = x.size(0), T = x.size(1), D = config_.hidden / config_.heads;
+  // The sequence is the one the projections return (whole, also when x is a slice of it under Megatron-SP).
+  const int64_t B = x.size(0), D = config_.hidden / config_.heads;
   const int64_t H = b.q.weight.size(0) / D, KV = b.k.weight.size(0) / D;
-  at::Tensor cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
   at::Tensor h = nn::rms_norm(x, b.attn_norm, config_.norm_eps);
   const auto qkv = nn::forward_many(h, {&b.q, &b.k, &b.v}, sharding_);
+  const int64_t T = qkv[0].size(1);
+  at::Tensor cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
   at::Tensor q = nn::apply_rope(qkv[0].view({B, T, H, D}).transpose(1, 2), cos, sin);
   at::Tensor k = nn::apply_rope(qkv[1].view({B, T, KV, D}).transpose(1, 2), cos, sin);
   at::Tensor v = qkv[2].view({B, T, KV, D}).transpose(1, 2);
@@ -91,7 +93,7 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
 at::Tensor Llama::forward(const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  at::Tensor x = dropout(embed(embed_, ids));
+  at::Tensor x = dropout(enter_blocks(embed(embed_, ids)));
   for (const auto& b : blocks_) x = block_forward(b, x);
   x = nn::rms_norm(x, norm_, config_.norm_eps);
   return head(x, head_);

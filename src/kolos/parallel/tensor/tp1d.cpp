@@ -19,15 +19,22 @@ struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
   static constexpr int kMax = 3;
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w0, const at::Tensor& b0,
                                const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
-                               dist::Comm* comm) {
-    ctx->save_for_backward({x, w0, w1, w2});
+                               dist::Comm* comm, bool sequence) {
+    // Megatron-SP: x is this rank's slice of the sequence (dim 1); the products need it whole.
+    at::Tensor whole = x;
+    if (sequence) {
+      dist::Ledger::PhaseScope phase(comm->ledger(), dist::Phase::kForward);
+      whole = all_gather_along(x, 1, *comm).contiguous();
+    }
+    ctx->save_for_backward({whole, w0, w1, w2});
     ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+    ctx->saved_data["sequence"] = sequence;
     const at::Tensor* w[kMax] = {&w0, &w1, &w2};
     const at::Tensor* b[kMax] = {&b0, &b1, &b2};
     variable_list out;
     for (int i = 0; i < kMax && w[i]->numel() > 0; ++i) {
       ctx->saved_data["bias" + std::to_string(i)] = b[i]->numel() > 0;
-      out.push_back(b[i]->numel() > 0 ? at::linear(x, *w[i], *b[i]) : at::linear(x, *w[i]));
+      out.push_back(b[i]->numel() > 0 ? at::linear(whole, *w[i], *b[i]) : at::linear(whole, *w[i]));
     }
     return out;
   }
@@ -44,9 +51,21 @@ struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
       grad_x = grad_x.defined() ? grad_x.add_(gi) : gi;
     }
     if (!grad_x.defined()) grad_x = at::zeros_like(x);
-    grad_x = grad_x.contiguous();
-    dist::Handle reduce = comm.all_reduce_async(grad_x);
-    variable_list out(2 * kMax + 2);
+    // Summed over the ranks: whole (all-reduce), or this rank's slice of the sequence (reduce-scatter along dim 1).
+    const bool sequence = ctx->saved_data["sequence"].toBool();
+    dist::Handle reduce;
+    at::Tensor grad_in;
+    if (sequence) {
+      grad_x = grad_x.movedim(1, 0).contiguous();
+      std::vector<int64_t> shape(grad_x.sizes().begin(), grad_x.sizes().end());
+      shape[0] /= comm.size();
+      grad_in = at::empty(shape, grad_x.options());
+      reduce = comm.reduce_scatter_async(grad_x, grad_in);
+    } else {
+      grad_x = grad_x.contiguous();
+      reduce = comm.all_reduce_async(grad_x);
+    }
+    variable_list out(2 * kMax + 3);
     const at::Tensor x2 = x.reshape({-1, x.size(-1)});
     for (size_t i = 0; i < grads.size() && saved[1 + i].numel() > 0; ++i) {
       if (!grads[i].defined()) continue;
@@ -55,13 +74,13 @@ struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
       if (ctx->saved_data["bias" + std::to_string(i)].toBool()) out[2 + 2 * i] = go.sum(0);
     }
     reduce.wait();
-    out[0] = grad_x;
+    out[0] = sequence ? grad_in.movedim(0, 1) : grad_x;
     return out;
   }
 };
 
 std::vector<at::Tensor> column_many(const at::Tensor& x, const std::vector<const nn::Linear*>& layers,
-                                    dist::Comm& comm) {
+                                    dist::Comm& comm, bool sequence) {
   KOLOS_ASSERT(!layers.empty() && layers.size() <= ColumnLinear::kMax, "{} column-parallel products of one input",
                layers.size());
   const at::Tensor none = at::empty({0}, x.options());
@@ -71,12 +90,13 @@ std::vector<at::Tensor> column_many(const at::Tensor& x, const std::vector<const
     w[i] = have ? layers[i]->weight : none;
     b[i] = have && layers[i]->bias.defined() ? layers[i]->bias : none;
   }
-  return ColumnLinear::apply(x, w[0], b[0], w[1], b[1], w[2], b[2], &comm);
+  return ColumnLinear::apply(x, w[0], b[0], w[1], b[1], w[2], b[2], &comm, sequence);
 }
 
-at::Tensor column(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, dist::Comm& comm) {
+at::Tensor column(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, dist::Comm& comm,
+                  bool sequence) {
   nn::Linear l{weight, bias, {}};
-  return column_many(x, {&l}, comm)[0];
+  return column_many(x, {&l}, comm, sequence)[0];
 }
 
 at::Tensor vocab_cross_entropy(const at::Tensor& logits, const at::Tensor& targets, dist::Comm& comm) {
@@ -105,21 +125,26 @@ at::Tensor vocab_embedding(const at::Tensor& weight, const at::Tensor& ids, dist
 
 }  // namespace
 
-nn::Sharding tensor_parallel_1d(dist::Comm& tp) {
+nn::Sharding tensor_parallel_1d(dist::Comm& tp, bool sequence_parallel) {
   nn::Sharding s;
   s.parts = tp.size();
   if (s.parts == 1) return s;
   dist::Comm* comm = &tp;
-  s.column = [comm](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) { return column(x, w, b, *comm); };
-  s.row = [comm](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-    at::Tensor y = reduce_from(at::linear(x, w), *comm);
+  const bool sp = sequence_parallel;
+  if (sp) s.enter = [comm](const at::Tensor& x) { return split(x, 1, *comm); };
+  s.column = [comm, sp](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    return column(x, w, b, *comm, sp);
+  };
+  s.column_many = [comm, sp](const at::Tensor& x, const std::vector<const nn::Linear*>& layers) {
+    return column_many(x, layers, *comm, sp);
+  };
+  s.row = [comm, sp](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    at::Tensor partial = at::linear(x, w);
+    at::Tensor y = sp ? scatter(partial, 1, *comm) : reduce_from(partial, *comm);
     return b.defined() ? y + b : y;
   };
   s.embedding = [comm](const at::Tensor& w, const at::Tensor& ids) { return vocab_embedding(w, ids, *comm); };
-  s.column_many = [comm](const at::Tensor& x, const std::vector<const nn::Linear*>& layers) {
-    return column_many(x, layers, *comm);
-  };
-  s.head = [comm](const at::Tensor& x, const at::Tensor& w) { return column(x, w, at::Tensor(), *comm); };
+  s.head = [comm, sp](const at::Tensor& x, const at::Tensor& w) { return column(x, w, at::Tensor(), *comm, sp); };
   s.cross_entropy = [comm](const at::Tensor& logits, const at::Tensor& targets) {
     return vocab_cross_entropy(logits, targets, *comm);
   };

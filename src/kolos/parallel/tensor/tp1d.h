@@ -19,7 +19,11 @@
 
 namespace kolos::parallel::tensor {
 
-// The sharding for the tp group `tp` (parts = its size). `tp` must outlive the model.
-nn::Sharding tensor_parallel_1d(dist::Comm& tp);
+// The sharding for the tp group `tp` (parts = its size). `tp` must outlive the model. With `sequence_parallel`
+// (parallel.megatron_sp) the hidden state between the tensor-parallel regions is split along the sequence: the
+// blocks' input enters as this rank's slice, column products all-gather it (reduce-scatter in backward) and row
+// products reduce-scatter their output (all-gather in backward); the same volume as the all-reduces they replace.
+// The gradients of ParamSpec::sequence_sliced parameters are then partial per rank: the caller sums them over tp.
+nn::Sharding tensor_parallel_1d(dist::Comm& tp, bool sequence_parallel = false);
 
 }  // namespace kolos::parallel::tensor
