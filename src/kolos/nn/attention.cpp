@@ -12,49 +12,21 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Adds -inf where key index (k0 + j) > query index (q0 + i), in place, when the block crosses the diagonal.
-void mask_block(at::Tensor& scores, int64_t q0, int64_t k0) {
-  const int64_t nq = scores.size(1), nk = scores.size(2);
-  if (k0 + nk - 1 <= q0) return;  // entirely at or below the diagonal
-  at::Tensor qi = at::arange(q0, q0 + nq, at::kLong).unsqueeze(1);
-  at::Tensor kj = at::arange(k0, k0 + nk, at::kLong).unsqueeze(0);
-  scores.masked_fill_(kj > qi, -std::numeric_limits<float>::infinity());
+// Adds -inf where the key's position is after the query's, in place (scores: (N, nq, nk)).
+void mask_block(at::Tensor& scores, const at::Tensor& q_pos, const at::Tensor& k_pos) {
+  scores.masked_fill_(k_pos.unsqueeze(0) > q_pos.unsqueeze(1), -std::numeric_limits<float>::infinity());
 }
 
-// Forward over (N, T, D) tensors, N = B*H. q is already scaled by 1/sqrt(D). Returns {out, lse}.
-std::pair<at::Tensor, at::Tensor> forward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                 int64_t block) {
-  const int64_t N = q.size(0), T = q.size(1), D = q.size(2);
-  at::Tensor out = at::empty({N, T, D}, q.options());
-  at::Tensor lse = at::empty({N, T}, q.options());
-  for (int64_t q0 = 0; q0 < T; q0 += block) {
-    const int64_t nq = std::min(block, T - q0);
-    at::Tensor qb = q.narrow(1, q0, nq);
-    at::Tensor m, l, acc;
-    for (int64_t k0 = 0; k0 < q0 + nq; k0 += block) {
-      const int64_t nk = std::min(block, T - k0);
-      at::Tensor s = at::bmm(qb, k.narrow(1, k0, nk).transpose(1, 2));  // (N, nq, nk)
-      mask_block(s, q0, k0);
-      at::Tensor bm = std::get<0>(s.max(-1, /*keepdim=*/true));       // (N, nq, 1)
-      if (!m.defined()) {
-        m = bm;
-        s.sub_(m).exp_();
-        l = s.sum(-1, true);
-        acc = at::bmm(s, v.narrow(1, k0, nk));
-      } else {
-        at::Tensor m_new = at::maximum(m, bm);
-        at::Tensor corr = (m - m_new).exp_();
-        s.sub_(m_new).exp_();
-        l.mul_(corr).add_(s.sum(-1, true));
-        acc.mul_(corr).add_(at::bmm(s, v.narrow(1, k0, nk)));
-        m = m_new;
-      }
-    }
-    out.narrow(1, q0, nq).copy_(acc.div_(l));
-    lse.narrow(1, q0, nq).copy_((m + l.log()).squeeze(-1));
-  }
-  return {out, lse};
+// A key block is entirely invisible to a query block when its first key comes after the block's last query,
+// entirely visible when its last key is at or before the first query (any order of positions).
+bool invisible(const at::Tensor& q_pos, const at::Tensor& k_pos) {
+  return k_pos.min().item<int64_t>() > q_pos.max().item<int64_t>();
 }
+bool all_visible(const at::Tensor& q_pos, const at::Tensor& k_pos) {
+  return k_pos.max().item<int64_t>() <= q_pos.min().item<int64_t>();
+}
+
+at::Tensor arange_pos(int64_t n) { return at::arange(n, at::kLong); }
 
 class CausalAttention : public torch::autograd::Function<CausalAttention> {
  public:
@@ -65,7 +37,8 @@ class CausalAttention : public torch::autograd::Function<CausalAttention> {
     at::Tensor qs = (q.reshape({B * H, T, D}) * scale).contiguous();
     at::Tensor kf = k.reshape({B * H, T, D}).contiguous();
     at::Tensor vf = v.reshape({B * H, T, D}).contiguous();
-    auto [out, lse] = forward_blocks(qs, kf, vf, block);
+    const at::Tensor pos = arange_pos(T);
+    auto [out, lse] = attention_forward_blocks(qs, kf, vf, pos, pos, block);
     ctx->save_for_backward({qs, kf, vf, out, lse});
     ctx->saved_data["block"] = block;
     ctx->saved_data["scale"] = scale;
@@ -86,31 +59,90 @@ class CausalAttention : public torch::autograd::Function<CausalAttention> {
     at::Tensor dout = grads[0].reshape({N, T, D}).contiguous();
     at::Tensor delta = (dout * out).sum(-1, true);  // (N, T, 1)
     at::Tensor dq = at::zeros_like(qs), dk = at::zeros_like(k), dv = at::zeros_like(v);
-    for (int64_t q0 = 0; q0 < T; q0 += block) {
-      const int64_t nq = std::min(block, T - q0);
-      at::Tensor qb = qs.narrow(1, q0, nq);
-      at::Tensor dob = dout.narrow(1, q0, nq);
-      at::Tensor lseb = lse.narrow(1, q0, nq).unsqueeze(-1);
-      at::Tensor deltab = delta.narrow(1, q0, nq);
-      for (int64_t k0 = 0; k0 < q0 + nq; k0 += block) {
-        const int64_t nk = std::min(block, T - k0);
-        at::Tensor kb = k.narrow(1, k0, nk), vb = v.narrow(1, k0, nk);
-        at::Tensor p = at::bmm(qb, kb.transpose(1, 2));
-        mask_block(p, q0, k0);
-        p.sub_(lseb).exp_();                                         // probabilities (N, nq, nk)
-        dv.narrow(1, k0, nk).add_(at::bmm(p.transpose(1, 2), dob));
-        at::Tensor ds = at::bmm(dob, vb.transpose(1, 2));            // dP
-        ds.sub_(deltab).mul_(p);                                     // dS = P * (dP - delta)
-        dq.narrow(1, q0, nq).add_(at::bmm(ds, kb));
-        dk.narrow(1, k0, nk).add_(at::bmm(ds.transpose(1, 2), qb));
-      }
-    }
+    const at::Tensor pos = arange_pos(T);
+    attention_backward_blocks(qs, k, v, dout, lse, delta, pos, pos, block, dq, dk, dv);
     dq.mul_(scale);
     return {dq.view(shape), dk.view(shape), dv.view(shape), at::Tensor()};
   }
 };
 
 }  // namespace
+
+std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v, const at::Tensor& q_pos,
+                                                           const at::Tensor& k_pos, int64_t block) {
+  const int64_t N = q.size(0), T = q.size(1), D = q.size(2), S = k.size(1);
+  const float inf = std::numeric_limits<float>::infinity();
+  at::Tensor out = at::empty({N, T, D}, q.options());
+  at::Tensor lse = at::empty({N, T}, q.options());
+  for (int64_t q0 = 0; q0 < T; q0 += block) {
+    const int64_t nq = std::min(block, T - q0);
+    at::Tensor qb = q.narrow(1, q0, nq), qp = q_pos.narrow(0, q0, nq);
+    // m: the running maximum (−inf while a query has seen no visible key), ms: m with −inf as 0 for the
+    // subtractions; l and acc stay 0 for such a query.
+    at::Tensor m, ms, l, acc;
+    for (int64_t k0 = 0; k0 < S; k0 += block) {
+      const int64_t nk = std::min(block, S - k0);
+      at::Tensor kp = k_pos.narrow(0, k0, nk);
+      if (invisible(qp, kp)) continue;
+      at::Tensor s = at::bmm(qb, k.narrow(1, k0, nk).transpose(1, 2));  // (N, nq, nk)
+      if (!all_visible(qp, kp)) mask_block(s, qp, kp);
+      at::Tensor bm = std::get<0>(s.max(-1, /*keepdim=*/true));       // (N, nq, 1)
+      if (!m.defined()) {
+        m = bm;
+        ms = m.masked_fill(m == -inf, 0);
+        s.sub_(ms).exp_();
+        l = s.sum(-1, true);
+        acc = at::bmm(s, v.narrow(1, k0, nk));
+      } else {
+        at::Tensor m_new = at::maximum(m, bm);
+        at::Tensor ms_new = m_new.masked_fill(m_new == -inf, 0);
+        at::Tensor corr = (ms - ms_new).exp_();
+        s.sub_(ms_new).exp_();
+        l.mul_(corr).add_(s.sum(-1, true));
+        acc.mul_(corr).add_(at::bmm(s, v.narrow(1, k0, nk)));
+        m = m_new;
+        ms = ms_new;
+      }
+    }
+    if (!m.defined()) {  // no visible key for the whole query block
+      out.narrow(1, q0, nq).zero_();
+      lse.narrow(1, q0, nq).fill_(-inf);
+      continue;
+    }
+    out.narrow(1, q0, nq).copy_(acc.div_(l.masked_fill(l == 0, 1)));
+    lse.narrow(1, q0, nq).copy_((ms + l.log()).squeeze(-1));
+  }
+  return {out, lse};
+}
+
+void attention_backward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+                               const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& q_pos,
+                               const at::Tensor& k_pos, int64_t block, at::Tensor& dq, at::Tensor& dk,
+                               at::Tensor& dv) {
+  const int64_t T = q.size(1), S = k.size(1);
+  for (int64_t q0 = 0; q0 < T; q0 += block) {
+    const int64_t nq = std::min(block, T - q0);
+    at::Tensor qb = q.narrow(1, q0, nq), qp = q_pos.narrow(0, q0, nq);
+    at::Tensor dob = dout.narrow(1, q0, nq);
+    at::Tensor lseb = lse.narrow(1, q0, nq).unsqueeze(-1);
+    at::Tensor deltab = delta.narrow(1, q0, nq);
+    for (int64_t k0 = 0; k0 < S; k0 += block) {
+      const int64_t nk = std::min(block, S - k0);
+      at::Tensor kp = k_pos.narrow(0, k0, nk);
+      if (invisible(qp, kp)) continue;
+      at::Tensor kb = k.narrow(1, k0, nk), vb = v.narrow(1, k0, nk);
+      at::Tensor p = at::bmm(qb, kb.transpose(1, 2));
+      if (!all_visible(qp, kp)) mask_block(p, qp, kp);
+      p.sub_(lseb).exp_();                                         // probabilities (N, nq, nk)
+      dv.narrow(1, k0, nk).add_(at::bmm(p.transpose(1, 2), dob));
+      at::Tensor ds = at::bmm(dob, vb.transpose(1, 2));            // dP
+      ds.sub_(deltab).mul_(p);                                     // dS = P * (dP - delta)
+      dq.narrow(1, q0, nq).add_(at::bmm(ds, kb));
+      dk.narrow(1, k0, nk).add_(at::bmm(ds.transpose(1, 2), qb));
+    }
+  }
+}
 
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t block) {
   return CausalAttention::apply(q, k, v, block);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -17,5 +18,20 @@ constexpr int64_t kAttentionBlock = 256;
 // Returns (B, H, T, D). Differentiable with respect to q, k and v.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             int64_t block = kAttentionBlock);
+
+// The kernel's two halves, for attention split across ranks (ring attention), over (N, T, D) queries already
+// scaled by 1/sqrt(D) and (N, S, D) keys and values, with the positions of the queries (T) and keys (S), int64, in
+// any order: key j is visible to query i when k_pos[j] <= q_pos[i].
+// Forward returns the output (N, T, D) and the log-sum-exp (N, T) over the visible keys (output 0 and lse −inf for
+// a query that sees none of these keys).
+std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, const at::Tensor& k,
+                                                           const at::Tensor& v, const at::Tensor& q_pos,
+                                                           const at::Tensor& k_pos, int64_t block = kAttentionBlock);
+// Adds these keys' contributions to dq, dk, dv, given dout, the log-sum-exp over *all* keys of the attention (so
+// the probabilities are the final ones) and delta = Σ_d dout·out (N, T, 1). dq is not yet multiplied by the scale.
+void attention_backward_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+                               const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& q_pos,
+                               const at::Tensor& k_pos, int64_t block, at::Tensor& dq, at::Tensor& dk,
+                               at::Tensor& dv);
 
 }  // namespace kolos::nn

@@ -1,0 +1,109 @@
+// Sequence-parallel attention (src/kolos/parallel/sequence/) against one process: causal attention over the whole
+// sequence in float64, then each rank's rows of the output and of the gradients of Σ out·w (w random) with respect
+// to q, k and v. Ring attention with the zig-zag assignment of blocks (and with a plain contiguous one, since the
+// masking goes by positions), Ulysses with contiguous slices; p = 2 and 4. Also the ring's point-to-point volume.
+// Ranks are threads (tests/dist/thread_ranks.h).
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "kolos/core/error.h"
+#include "kolos/nn/attention.h"
+#include "kolos/parallel/sequence/ring.h"
+#include "kolos/parallel/sequence/ulysses.h"
+#include "tests/dist/thread_ranks.h"
+
+namespace kolos::parallel::sequence {
+namespace {
+
+struct Case {
+  at::Tensor q, k, v, w;                  // whole: (B, H, T, D)
+  at::Tensor out, dq, dk, dv;             // the one-process reference
+};
+
+Case make_case(int64_t T, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  const int64_t B = 2, H = 4, D = 8;
+  Case c;
+  c.q = at::randn({B, H, T, D}, gen, at::kDouble);
+  c.k = at::randn({B, H, T, D}, gen, at::kDouble);
+  c.v = at::randn({B, H, T, D}, gen, at::kDouble);
+  c.w = at::randn({B, H, T, D}, gen, at::kDouble);
+  at::Tensor q = c.q.clone().requires_grad_(true), k = c.k.clone().requires_grad_(true),
+             v = c.v.clone().requires_grad_(true);
+  // Small blocks so that the kernel's block loop and masking are exercised at this length too.
+  c.out = nn::causal_attention(q, k, v, 4);
+  (c.out * c.w).sum().backward();
+  c.out = c.out.detach();
+  c.dq = q.grad();
+  c.dk = k.grad();
+  c.dv = v.grad();
+  return c;
+}
+
+void expect_close(const at::Tensor& got, const at::Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  EXPECT_TRUE(at::allclose(got, want, 1e-10, 1e-10)) << what << ": max |diff| "
+                                                     << (got - want).abs().max().item<double>();
+}
+
+using Attention = std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor& positions, dist::Comm&)>;
+
+void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of, const Attention& attention) {
+  const Case c = make_case(T, 3 + p);
+  test::run_thread_ranks(
+      p,
+      [&](dist::Comm& comm, int r) {
+        const at::Tensor pos = positions_of(r);
+        auto mine = [&](const at::Tensor& x) { return x.index_select(2, pos); };
+        at::Tensor q = mine(c.q).requires_grad_(true), k = mine(c.k).requires_grad_(true),
+                   v = mine(c.v).requires_grad_(true);
+        at::Tensor out = attention(q, k, v, pos, comm);
+        (out * mine(c.w)).sum().backward();
+        expect_close(out.detach(), mine(c.out), "out");
+        expect_close(q.grad(), mine(c.dq), "dq");
+        expect_close(k.grad(), mine(c.dk), "dk");
+        expect_close(v.grad(), mine(c.dv), "dv");
+      },
+      std::chrono::seconds(30), 0, "sp");
+}
+
+class SequenceParallelTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(SequenceParallelTest, RingAttentionZigZagMatchesOneProcess) {
+  const int p = GetParam();
+  const int64_t T = 8 * p;
+  EXPECT_TRUE(at::equal(zigzag_positions(8, 2, 0), at::tensor({0, 1, 6, 7}, at::kLong)));
+  EXPECT_TRUE(at::equal(zigzag_positions(8, 2, 1), at::tensor({2, 3, 4, 5}, at::kLong)));
+  check(p, T, [&](int r) { return zigzag_positions(T, p, r); },
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos, dist::Comm& c) {
+          return ring_attention(q, k, v, pos, c);
+        });
+  // Contiguous slices: the last rank's queries see everything, the first's only their own block.
+  check(p, T, [&](int r) { return at::arange(r * (T / p), (r + 1) * (T / p), at::kLong); },
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos, dist::Comm& c) {
+          return ring_attention(q, k, v, pos, c);
+        });
+}
+
+TEST_P(SequenceParallelTest, UlyssesMatchesOneProcess) {
+  const int p = GetParam();
+  const int64_t T = 6 * p;
+  check(p, T, [&](int r) { return at::arange(r * (T / p), (r + 1) * (T / p), at::kLong); },
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&, dist::Comm& c) {
+          return ulysses_attention(q, k, v, c);
+        });
+}
+
+TEST(SequenceParallel, ZigZagNeedsTheSequenceDivisibleByTwiceSp) {
+  EXPECT_THROW(zigzag_positions(10, 4, 0), InputError);
+}
+
+INSTANTIATE_TEST_SUITE_P(SequenceParallel, SequenceParallelTest, ::testing::Values(2, 4), [](const auto& info) {
+  return std::to_string(info.param) + "ranks";
+});
+
+}  // namespace
+}  // namespace kolos::parallel::sequence
