@@ -6,11 +6,15 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
 
 #include "kolos/core/error.h"
 #include "kolos/nn/attention.h"
+#include "kolos/config/config.h"
+#include "kolos/models/model.h"
 #include "kolos/parallel/sequence/ring.h"
+#include "kolos/parallel/sequence/sequence.h"
 #include "kolos/parallel/sequence/ulysses.h"
 #include "tests/dist/thread_ranks.h"
 
@@ -95,6 +99,71 @@ TEST_P(SequenceParallelTest, UlyssesMatchesOneProcess) {
         [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&, dist::Comm& c) {
           return ulysses_attention(q, k, v, c);
         });
+}
+
+// Whole models on sp ranks: each rank's loss is the mean over its tokens, so the mean of the ranks' losses is the
+// one-process loss and the mean of their gradients the one-process gradient.
+void check_model(const std::string& arch, const std::string& mode, int p) {
+  ModelConfig config;
+  config.arch = arch;
+  config.layers = 2;
+  config.hidden = 32;
+  config.heads = 4;
+  config.kv_heads = arch == "llama" ? 2 : 4;
+  config.ffn_hidden = arch == "llama" ? 72 : 128;
+  config.vocab = 37;
+  config.seq_len = 16;
+  config.tie_embeddings = arch == "gpt2";
+  auto gen = at::detail::createCPUGenerator(5);
+  const int64_t B = 2, T = 16;
+  const at::Tensor ids = at::randint(config.vocab, {B, T}, gen, at::kLong);
+  const at::Tensor targets = at::randint(config.vocab, {B, T}, gen, at::kLong);
+  auto reference = models::Model::create(config);
+  std::vector<at::Tensor> whole;
+  for (const auto& spec : reference->param_specs()) {
+    at::Tensor r = at::randn(spec.shape, gen, at::kFloat);
+    whole.push_back(spec.init == nn::Init::kOnes ? 1.0 + 0.2 * r
+                    : spec.init == nn::Init::kZeros ? 0.2 * r
+                                                    : r / std::sqrt(static_cast<double>(spec.shape.back())));
+  }
+  std::vector<at::Tensor> params;
+  for (const auto& w : whole) params.push_back(w.clone());
+  reference->bind_params(params);
+  const at::Tensor ref_loss = reference->loss(ids, targets);
+  ref_loss.backward();
+  test::run_thread_ranks(
+      p,
+      [&](dist::Comm& comm, int r) {
+        auto model = models::Model::create(config);
+        nn::Sharding sharding;
+        add_sequence_parallel(sharding, comm, mode);
+        model->set_sharding(sharding);
+        std::vector<at::Tensor> local;
+        for (const auto& w : whole) local.push_back(w.clone());
+        model->bind_params(local);
+        const at::Tensor pos = sequence_positions(mode, T, p, r);
+        at::Tensor loss = model->loss(ids.index_select(1, pos), targets.index_select(1, pos));
+        loss.backward();
+        at::Tensor mean = loss.detach().reshape({1}).to(at::kDouble);
+        comm.all_reduce(mean, dist::ReduceOp::kAvg);
+        EXPECT_NEAR(mean.item<double>(), ref_loss.item<double>(), 1e-5 * ref_loss.item<double>()) << arch << mode;
+        for (size_t i = 0; i < local.size(); ++i) {
+          at::Tensor g = local[i].grad().clone();
+          comm.all_reduce(g, dist::ReduceOp::kAvg);
+          const at::Tensor want = reference->params()[i].second.grad();
+          EXPECT_LT((g - want).norm().item<double>(), 1e-5 * std::max(1e-3, want.norm().item<double>()))
+              << arch << " " << mode << " " << reference->params()[i].first;
+        }
+      },
+      std::chrono::seconds(30), 0, "sp");
+}
+
+TEST(SequenceParallel, GptAndLlamaOnSpRanksMatchOneProcess) {
+  for (const char* mode : {"ring", "ulysses"}) {
+    check_model("gpt2", mode, 2);
+    check_model("llama", mode, 2);
+    check_model("gpt2", mode, 4);
+  }
 }
 
 TEST(SequenceParallel, ZigZagNeedsTheSequenceDivisibleByTwiceSp) {

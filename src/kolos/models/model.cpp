@@ -1,5 +1,7 @@
 #include "kolos/models/model.h"
 
+#include "kolos/nn/attention.h"
+
 #include "kolos/core/error.h"
 #include "kolos/models/gpt/gpt.h"
 #include "kolos/models/llama/llama.h"
@@ -64,6 +66,14 @@ at::Tensor Model::embed(const at::Tensor& weight, const at::Tensor& ids) const {
 }
 
 at::Tensor Model::enter_blocks(const at::Tensor& x) const { return sharding_.enter ? sharding_.enter(x) : x; }
+
+at::Tensor Model::position_rows(const at::Tensor& table, int64_t T) const {
+  return sharding_.positions ? table.index_select(0, sharding_.positions(T)) : table.narrow(0, 0, T);
+}
+
+at::Tensor Model::attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const {
+  return sharding_.attention ? sharding_.attention(q, k, v) : nn::causal_attention(q, k, v);
+}
 
 at::Tensor Model::head(const at::Tensor& x, const at::Tensor& weight) const {
   return sharding_.head ? sharding_.head(x, weight) : at::matmul(x, weight.t());

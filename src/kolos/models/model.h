@@ -69,6 +69,10 @@ class Model {
   nn::Linear linear(const std::string& prefix, bool bias) const;
   at::Tensor embed(const at::Tensor& weight, const at::Tensor& ids) const;
   at::Tensor enter_blocks(const at::Tensor& x) const;
+  // Rows of a per-position table (positional embedding, RoPE tables) for this rank's T tokens (the first T rows on
+  // one process).
+  at::Tensor position_rows(const at::Tensor& table, int64_t T) const;
+  at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
   at::Tensor head(const at::Tensor& x, const at::Tensor& weight) const;
 
   ModelConfig config_;

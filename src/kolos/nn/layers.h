@@ -48,6 +48,10 @@ struct Sharding {
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight)> head;
   // Mean cross-entropy from logits split over the vocabulary (N, V/parts) against targets (N).
   std::function<at::Tensor(const at::Tensor& logits, const at::Tensor& targets)> cross_entropy;
+  // Sequence parallelism (the sp axis): the positions (int64) of this rank's T tokens in the whole sequence, and
+  // causal attention of this rank's queries over the whole sequence, q, k, v: (B, H, T, D) at those positions.
+  std::function<at::Tensor(int64_t T)> positions;
+  std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)> attention;
 };
 
 // Rows of `weight` (V, C) picked by integer ids (B, T) -> (B, T, C).

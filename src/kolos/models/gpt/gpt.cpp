@@ -82,7 +82,7 @@ at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
   at::Tensor qkv = b.qkv.forward(h);
   const int64_t T = qkv.size(1);
   qkv = qkv.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // (3, B, H, T, D)
-  at::Tensor y = nn::causal_attention(qkv[0], qkv[1], qkv[2]);                       // (B, H, T, D)
+  at::Tensor y = attention(qkv[0], qkv[1], qkv[2]);                                  // (B, H, T, D)
   y = y.transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.proj.forward(y));
   h = nn::layer_norm(r, b.ln2_w, b.ln2_b, config_.norm_eps);
@@ -92,7 +92,7 @@ at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
 at::Tensor Gpt::forward(const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  at::Tensor x = dropout(enter_blocks(embed(wte_, ids) + wpe_.narrow(0, 0, T)));
+  at::Tensor x = dropout(enter_blocks(embed(wte_, ids) + position_rows(wpe_, T)));
   for (const auto& b : blocks_) x = block_forward(b, x);
   x = nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps);
   return head(x, wte_);

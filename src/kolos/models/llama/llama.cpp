@@ -75,7 +75,7 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
   at::Tensor h = nn::rms_norm(x, b.attn_norm, config_.norm_eps);
   const auto qkv = nn::forward_many(h, {&b.q, &b.k, &b.v}, sharding_);
   const int64_t T = qkv[0].size(1);
-  at::Tensor cos = rope_cos_.narrow(0, 0, T), sin = rope_sin_.narrow(0, 0, T);
+  at::Tensor cos = position_rows(rope_cos_, T), sin = position_rows(rope_sin_, T);
   at::Tensor q = nn::apply_rope(qkv[0].view({B, T, H, D}).transpose(1, 2), cos, sin);
   at::Tensor k = nn::apply_rope(qkv[1].view({B, T, KV, D}).transpose(1, 2), cos, sin);
   at::Tensor v = qkv[2].view({B, T, KV, D}).transpose(1, 2);
@@ -83,7 +83,7 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
     k = k.repeat_interleave(H / KV, /*dim=*/1);
     v = v.repeat_interleave(H / KV, /*dim=*/1);
   }
-  at::Tensor y = nn::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, H * D});
+  at::Tensor y = attention(q, k, v).transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.o.forward(y));
   h = nn::rms_norm(r, b.mlp_norm, config_.norm_eps);
   const auto gate_up = nn::forward_many(h, {&b.gate, &b.up}, sharding_);
