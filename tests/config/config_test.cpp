@@ -1,4 +1,6 @@
 // Config: recipes, overrides, strict validation, dump/reload round trip.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
 #include "kolos/config/config.h"
@@ -63,6 +65,37 @@ TEST(Config, UnknownKeysAndBadValuesNameTheCulprit) {
   // dp = 0 derives world / (pp sp tp): impossible when that is not whole.
   EXPECT_NE(error_of([] { load_config("tiny", {"parallel.tp=2"}); }).find("parallel.dp"), std::string::npos);
   EXPECT_EQ(load_config("tiny", {"parallel.tp=2"}, 4).parallel.dp, 2);
+}
+
+TEST(Config, OptimizerKeysAreValidated) {
+  for (const char* name : {"adamw", "sgd", "lars", "lamb", "lion"})
+    EXPECT_EQ(load_config("tiny", {fmt::format("optim.name={}", name)}).optim.name, name);
+  Config c = load_config("tiny", {"optim.name=lars", "optim.momentum=0.8", "optim.trust_coefficient=0.01",
+                                  "optim.min_trust_ratio=0.01", "optim.max_trust_ratio=10",
+                                  "optim.adapt_norms_biases=true"});
+  EXPECT_DOUBLE_EQ(c.optim.momentum, 0.8);
+  EXPECT_DOUBLE_EQ(c.optim.trust_coefficient, 0.01);
+  EXPECT_DOUBLE_EQ(c.optim.max_trust_ratio, 10);
+  EXPECT_TRUE(c.optim.adapt_norms_biases);
+  EXPECT_FALSE(load_config("tiny", {"optim.name=lamb", "optim.bias_correction=false"}).optim.bias_correction);
+  EXPECT_TRUE(load_config("tiny", {"optim.name=sgd", "optim.nesterov=true"}).optim.nesterov);
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
+      {{"optim.name=adam"}, "optim.name"},
+      {{"optim.momentum=1"}, "optim.momentum"},
+      {{"optim.momentum=-0.1"}, "optim.momentum"},
+      {{"optim.nesterov=yes"}, "optim.nesterov"},
+      {{"optim.name=sgd", "optim.nesterov=true", "optim.momentum=0"}, "optim.nesterov"},
+      {{"optim.name=lars", "optim.nesterov=true"}, "optim.nesterov"},
+      {{"optim.trust_coefficient=0"}, "optim.trust_coefficient"},
+      {{"optim.min_trust_ratio=-1"}, "optim.min_trust_ratio"},
+      {{"optim.min_trust_ratio=2", "optim.max_trust_ratio=1"}, "optim.max_trust_ratio"},
+      {{"optim.bias_correction=1"}, "optim.bias_correction"},
+      {{"optim.trust_clamp=3"}, "optim.trust_clamp"},
+  };
+  for (const auto& [sets, key] : bad) {
+    const std::string e = error_of([&] { load_config("tiny", sets); });
+    EXPECT_NE(e.find(key), std::string::npos) << fmt::format("{}", fmt::join(sets, " ")) << ": " << e;
+  }
 }
 
 TEST(Config, GlobalBatchDerivesGradAccumAndRejectsInconsistency) {

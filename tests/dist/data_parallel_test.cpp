@@ -9,6 +9,8 @@
 //            total as a reduce-scatter of the gradients plus an all-gather of the parameters. The gradient buffer is
 //            the parameters padded per bucket to a multiple of 16·n floats: the padding is stated and < 1%.
 //   Overlap  with small buckets, the first bucket's all-reduce starts before backward reaches the first block.
+//   LARS/LAMB parity under ZeRO-1/2 (whole-tensor norms all-reduced across the shards), and a LARS checkpoint that
+//   resumes on another layout as if uninterrupted and refuses another optimizer or option (exit 2).
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -66,6 +68,24 @@ TEST(DataParallelParity, SmallBucketsAndLlamaToo) {
   // Several buckets (about one block each), so chunk boundaries fall inside parameters; LLaMA with GQA.
   auto j = verify("dp=2,bucket_mb=0.1;dp=2,zero=2,bucket_mb=0.1", dir.path(), 0,
                   {"--set", "model.arch=llama", "--set", "model.kv_heads=4", "--set", "model.tie_embeddings=false"});
+  expect_all_ok(j, 2);
+}
+
+// The rules with whole-tensor norms: under ZeRO a tensor's pieces lie on both ranks, whose partial squared norms are
+// all-reduced before the trust ratio (learning rates large enough that the ratios move the weights).
+const std::vector<std::string> kLarsSets = {"--set", "optim.name=lars", "--set", "optim.lr=1.0", "--set",
+                                            "optim.trust_coefficient=0.01", "--set", "optim.weight_decay=1e-3"};
+const std::vector<std::string> kLambSets = {"--set", "optim.name=lamb", "--set", "optim.lr=1e-2"};
+
+TEST(DataParallelParity, LarsShardedMatchesOneProcess) {
+  test::TempDir dir("parity_lars");
+  auto j = verify("dp=2,zero=1;dp=2,zero=2,bucket_mb=0.1", dir.path(), 0, kLarsSets);
+  expect_all_ok(j, 2);
+}
+
+TEST(DataParallelParity, LambShardedMatchesOneProcess) {
+  test::TempDir dir("parity_lamb");
+  auto j = verify("dp=2,zero=1;dp=2,zero=2,bucket_mb=0.1", dir.path(), 0, kLambSets);
   expect_all_ok(j, 2);
 }
 
@@ -230,6 +250,46 @@ TEST(CheckpointAcrossLayouts, ZeroRunResumesInOneProcessAndTheOtherWayRound) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
   test::expect_losses_match(dir / "c", ref);
+}
+
+TEST(CheckpointAcrossLayouts, LarsResumesAsUninterruptedAndRefusesAnotherRule) {
+  test::TempDir dir("ckpt_lars");
+  const std::vector<std::string> lars = {"train.batch_size=4", "optim.name=lars", "optim.lr=1.0",
+                                         "optim.trust_coefficient=0.01", "optim.weight_decay=1e-3"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), lars.begin(), lars.end());
+    return more;
+  };
+  // Uninterrupted, one process.
+  auto r = run_ranks(1, parity_args(dir / "ref", lars));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<double> ref;
+  for (const auto& rec : test::step_records(dir / "ref")) ref.push_back(rec["loss"].get<double>());
+  ASSERT_EQ(ref.size(), 20u);
+
+  // dp = 2 with ZeRO-2 for 10 steps (momentum.<param> gathered whole), then one process.
+  std::vector<std::string> first = parity_args(dir / "b", with({"parallel.zero=2"}));
+  first.insert(first.end(), {"--stop-after", "10"});
+  r = run_ranks(2, first);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // Another rule or another option of the rule: exit 2 naming the key, nothing trained.
+  for (const auto& [set, key] : {std::pair<std::string, std::string>{"optim.name=lamb", "optim.name"},
+                                 {"optim.momentum=0.5", "optim.momentum"},
+                                 {"optim.trust_coefficient=0.02", "optim.trust_coefficient"}}) {
+    std::vector<std::string> bad = parity_args(dir / "b", with({set}));
+    bad.push_back("--resume");
+    r = run_ranks(1, bad);
+    EXPECT_EQ(r.exit_code, 2) << set << ": " << r.output;
+    EXPECT_NE(r.output.find(key), std::string::npos) << set << ": " << r.output;
+  }
+
+  std::vector<std::string> second = parity_args(dir / "b", lars);
+  second.push_back("--resume");
+  r = run_ranks(1, second);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  test::expect_losses_match(dir / "b", ref);
 }
 
 }  // namespace

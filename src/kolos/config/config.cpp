@@ -65,6 +65,13 @@ void for_each_key(Config& c, F&& f) {
   f("optim", "grad_clip", o.grad_clip);
   f("optim", "decay_norms_biases", o.decay_norms_biases);
   f("optim", "decay_embeddings", o.decay_embeddings);
+  f("optim", "momentum", o.momentum);
+  f("optim", "nesterov", o.nesterov);
+  f("optim", "trust_coefficient", o.trust_coefficient);
+  f("optim", "min_trust_ratio", o.min_trust_ratio);
+  f("optim", "max_trust_ratio", o.max_trust_ratio);
+  f("optim", "bias_correction", o.bias_correction);
+  f("optim", "adapt_norms_biases", o.adapt_norms_biases);
   auto& p = c.parallel;
   f("parallel", "dp", p.dp);
   f("parallel", "tp", p.tp);
@@ -256,7 +263,6 @@ void validate(Config& cfg, int64_t world_size) {
 
   auto& o = cfg.optim;
   check_one_of<std::string>(o.name, {"adamw", "sgd", "lars", "lamb", "lion"}, "optim.name");
-  KOLOS_CHECK(o.name == "adamw", "config key optim.name: \"{}\" is not yet supported; use \"adamw\"", o.name);
   check_one_of<std::string>(o.schedule, {"cosine", "linear", "constant"}, "optim.schedule");
   KOLOS_CHECK(o.lr > 0, "config key optim.lr: expected > 0, got {}", o.lr);
   KOLOS_CHECK(o.min_lr >= 0 && o.min_lr <= o.lr, "config key optim.min_lr: expected in [0, optim.lr = {}], got {}", o.lr, o.min_lr);
@@ -266,6 +272,17 @@ void validate(Config& cfg, int64_t world_size) {
   KOLOS_CHECK(o.beta2 >= 0 && o.beta2 < 1, "config key optim.beta2: expected in [0, 1), got {}", o.beta2);
   KOLOS_CHECK(o.eps > 0, "config key optim.eps: expected > 0, got {}", o.eps);
   KOLOS_CHECK(o.grad_clip >= 0, "config key optim.grad_clip: expected >= 0 (0 = off), got {}", o.grad_clip);
+  KOLOS_CHECK(o.momentum >= 0 && o.momentum < 1, "config key optim.momentum: expected in [0, 1), got {}", o.momentum);
+  KOLOS_CHECK(!o.nesterov || o.momentum > 0,
+              "config key optim.nesterov: Nesterov momentum needs optim.momentum > 0, got {}", o.momentum);
+  KOLOS_CHECK(!o.nesterov || o.name == "sgd",
+              "config key optim.nesterov: only optim.name = \"sgd\" has Nesterov momentum, got \"{}\"", o.name);
+  KOLOS_CHECK(o.trust_coefficient > 0, "config key optim.trust_coefficient: expected > 0, got {}",
+              o.trust_coefficient);
+  KOLOS_CHECK(o.min_trust_ratio >= 0, "config key optim.min_trust_ratio: expected >= 0, got {}", o.min_trust_ratio);
+  KOLOS_CHECK(o.max_trust_ratio == 0 || o.max_trust_ratio >= o.min_trust_ratio,
+              "config key optim.max_trust_ratio: expected 0 (no clamp) or >= optim.min_trust_ratio = {}, got {}",
+              o.min_trust_ratio, o.max_trust_ratio);
 
   auto& p = cfg.parallel;
   check_one_of<std::string>(p.tp_mode, {"1d", "2d", "2.5d", "3d"}, "parallel.tp_mode");

@@ -55,7 +55,7 @@ struct TrainConfig {
 };
 
 struct OptimConfig {
-  std::string name = "adamw";
+  std::string name = "adamw";       // "adamw" | "sgd" | "lars" | "lamb" | "lion" (optim/optimizer.h)
   double lr = 1e-3;
   double min_lr = 1e-4;
   int64_t warmup_steps = 100;
@@ -67,6 +67,13 @@ struct OptimConfig {
   double grad_clip = 1.0;           // global L2 norm; 0 = off
   bool decay_norms_biases = false;  // apply weight decay to norms and biases too
   bool decay_embeddings = false;    // apply weight decay to embeddings too
+  double momentum = 0.9;            // sgd, lars
+  bool nesterov = false;            // sgd: Nesterov momentum
+  double trust_coefficient = 0.001; // lars: η
+  double min_trust_ratio = 0.0;     // lars, lamb: lower clamp of the trust ratio
+  double max_trust_ratio = 0.0;     // lars, lamb: upper clamp of the trust ratio, 0 = none
+  bool bias_correction = true;      // lamb: divide the moments by 1 - beta^t
+  bool adapt_norms_biases = false;  // lars, lamb: apply the trust ratio to norms and biases too
 };
 
 struct ParallelConfig {

@@ -17,6 +17,7 @@
 #include "kolos/checkpoint/checkpoint.h"
 #include "kolos/config/config.h"
 #include "kolos/core/error.h"
+#include "kolos/optim/optimizer.h"
 #include "kolos/parallel/plan.h"
 
 extern char** environ;
@@ -113,7 +114,8 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
   return r == 0 ? (d == 0 ? 0 : INFINITY) : d / r;
 }
 
-void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps, Outcome& out) {
+// `states`: the optimizer's state buffers per element (optim::state_buffers).
+void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps, int64_t states, Outcome& out) {
   for (int r = 0; r < layout.processes; ++r) {
     const fs::path path = fs::path(run_dir) / "ranks" / fmt::format("rank_{}.json", r);
     std::ifstream in(path);
@@ -127,7 +129,7 @@ void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps
     const int64_t flat = held["flat_numel"], buckets = held["buckets"];
     const int dp = j["dp"];
     const int zero = dp > 1 ? layout.zero : 0;
-    const int64_t want_optim = zero >= 1 ? 2 * flat / dp : 2 * flat;
+    const int64_t want_optim = zero >= 1 ? states * flat / dp : states * flat;
     const int64_t want_grad = zero == 2 ? flat / dp : flat;
     if (held["optim_numel"] != want_optim || held["grad_numel"] != want_grad || held["param_numel"] != flat) {
       out.shards = fmt::format("rank {} holds params/grads/moments {}/{}/{}, the plan {}/{}/{}", r,
@@ -300,7 +302,7 @@ int verify(const VerifyOptions& options) {
         out.param_tensor = name;
       }
     }
-    check_ranks(l, dir, static_cast<int64_t>(ref_losses.size()), out);
+    check_ranks(l, dir, static_cast<int64_t>(ref_losses.size()), optim::state_buffers(base.optim), out);
     out.ok = out.ok && out.loss_rel <= options.tolerance && out.param_rel <= options.tolerance;
     all_ok = all_ok && out.ok;
     std::printf("%-28s %5d %12.3e %12.3e  %-26s %-6s %-6s %s\n", l.text.c_str(), l.processes, out.loss_rel,

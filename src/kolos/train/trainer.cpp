@@ -19,6 +19,7 @@
 #include "kolos/dist/iface.h"
 #include "kolos/dist/rendezvous.h"
 #include "kolos/nn/param.h"
+#include "kolos/optim/optimizer.h"
 #include "kolos/optim/schedule.h"
 #include "kolos/train/gemm_bench.h"
 #include "kolos/train/generate.h"
@@ -206,6 +207,7 @@ void Trainer::save(int64_t step_done) {
              {"elapsed_s", elapsed_s_},
              {"data_cursor", step_done},
              {"arch", config_.model.arch},
+             {"optimizer", optim::rule_options(config_.optim)},
              {"layout", plan_.describe()},
              {"world_size", env_.world_size}};
   d.config_toml = dump_toml(config_);
@@ -220,6 +222,21 @@ void Trainer::restore(const std::string& dir) {
   validate(saved, d.state.value("world_size", int64_t{1}));
   KOLOS_CHECK(dump_toml(Config{saved.model}) == dump_toml(Config{config_.model}),
               "--resume: checkpoint {} was written for a different [model] section than the current config", dir);
+  // The optimizer must be the same rule with the same options (its state means nothing to another); the schedule
+  // keys and grad_clip may change. Older checkpoints have no "optimizer" entry: their config.toml says it.
+  const nlohmann::json saved_rule = d.state.value("optimizer", optim::rule_options(saved.optim));
+  const nlohmann::json rule = optim::rule_options(config_.optim);
+  KOLOS_CHECK(saved_rule.value("name", "") == config_.optim.name,
+              "--resume: checkpoint {} was written with optim.name = \"{}\", the config has \"{}\"; resume with the "
+              "same optimizer or start a fresh run in another --out",
+              dir, saved_rule.value("name", ""), config_.optim.name);
+  for (const auto& [key, value] : rule.items()) {
+    const nlohmann::json was = saved_rule.value(key, nlohmann::json());
+    KOLOS_CHECK(was == value,
+                "--resume: checkpoint {} was written with optim.{} = {}, the config has {}; resume with the same "
+                "value (the optimizer state depends on it) or start a fresh run in another --out",
+                dir, key, was.dump(), value.dump());
+  }
   at::NoGradGuard no_grad;
   for (const auto& [name, t] : model_->params()) {
     auto it = d.model.find(name);

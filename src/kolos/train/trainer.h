@@ -3,7 +3,9 @@
 //   construction  the Plan (parallel/plan.h) for the world size; with more than one process the rendezvous
 //                 (TCPStore at MASTER_ADDR:MASTER_PORT) and the Mesh; parallel::apply, which owns the flat
 //                 parameter/gradient buffers and the optimizer (parallel/data/data_parallel.h).
-//   train()       resume or start; loop train_step; log, evaluate, checkpoint; stop on --stop-after or a signal
+//   train()       resume or start (a checkpoint resumes only with the same [model] section, optim.name and options
+//                 of its rule, optim::rule_options: InputError naming the key otherwise); loop train_step; log,
+//                 evaluate, checkpoint; stop on --stop-after or a signal
 //                 (all ranks agree on the step); final evaluation, checkpoint, sample and summary (rank 0 prints
 //                 and writes; every rank joins the collectives).
 //   train_step()  numbered phases: 1 fetch micro-batches, 2 forward/backward (gradient reductions launched from
@@ -67,7 +69,7 @@ class Trainer {
   std::pair<double, double> evaluate(int64_t batches);
 
   models::Model& model() { return *model_; }
-  // The optimizer moments as whole tensors (collective under ZeRO).
+  // The optimizer state as whole tensors named <state>.<param> (collective under ZeRO).
   std::vector<std::pair<std::string, at::Tensor>> optimizer_state() { return par_.data->optimizer_state(); }
   const parallel::Plan& plan() const { return plan_; }
   bool is_rank0() const { return env_.rank == 0; }

@@ -27,7 +27,7 @@ bool in_first_block(const std::string& name) { return name.rfind("h.0.", 0) == 0
 
 nlohmann::json ShardReport::to_json() const {
   return {{"flat_numel", flat_numel}, {"param_numel", param_numel}, {"grad_numel", grad_numel},
-          {"optim_numel", optim_numel}, {"buckets", buckets}};
+          {"optim_numel", optim_numel}, {"optim_states", optim_states}, {"buckets", buckets}};
 }
 
 // Runs after the parameter's AccumulateGrad node: the parameter's gradient for this backward is complete.
@@ -84,13 +84,18 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     accumulators_.push_back(std::move(acc));
   }
 
-  // The optimizer's pieces: everything (zero 0), or this rank's chunk of every bucket.
+  // The optimizer's pieces: everything (zero 0), or this rank's chunk of every bucket, one piece per parameter.
   const double wd = config_.optim.weight_decay;
-  std::vector<optim::Piece> pieces;
+  optim::OptimizerBuffers ob;
+  ob.params = flat_params_;
+  ob.num_tensors = static_cast<int64_t>(slots_.size());
   if (zero_ == 0) {
-    pieces = optim::pieces_for_slots(slots_, wd);
-    optimizer_ = std::make_unique<optim::AdamW>(config_.optim, flat_params_, flat_grads_, total, std::move(pieces));
+    ob.grads = flat_grads_;
+    ob.state_numel = total;
+    ob.pieces = optim::pieces_for_slots(slots_, wd);
   } else {
+    ob.grads = zero_ == 2 ? grad_shard_ : flat_grads_;
+    ob.state_numel = shard_numel_;
     for (const auto& b : buckets_) {
       const int64_t lo = chunk_offset(b), hi = lo + b.numel / dp_;
       for (int i = b.first_param; i < b.end_param; ++i) {
@@ -99,21 +104,17 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
         const int64_t end = i + 1 < b.end_param ? slots_[i + 1].offset : b.offset + b.numel;
         const int64_t s = std::max(start, lo), e = std::min(end, hi);
         if (s >= e) continue;
-        const double piece_wd = slots_[i].decay ? wd : 0.0;
         const int64_t state = b.shard_offset + (s - lo);
-        const int64_t grad = zero_ == 2 ? state : s;
-        optim::Piece* last = pieces.empty() ? nullptr : &pieces.back();
-        if (last && last->weight_decay == piece_wd && last->param_offset + last->numel == s &&
-            last->state_offset + last->numel == state && last->grad_offset + last->numel == grad) {
-          last->numel += e - s;
-        } else {
-          pieces.push_back({s, grad, state, e - s, piece_wd});
-        }
+        ob.pieces.push_back({s, zero_ == 2 ? state : s, state, e - s, slots_[i].decay ? wd : 0.0, i, slots_[i].adapt});
       }
     }
-    optimizer_ = std::make_unique<optim::AdamW>(config_.optim, flat_params_, zero_ == 2 ? grad_shard_ : flat_grads_,
-                                                 shard_numel_, std::move(pieces));
+    // Whole-tensor norms: a tensor's pieces may lie on several dp ranks.
+    ob.norm_reducers.push_back([this](at::Tensor& sums) {
+      dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
+      comm_->all_reduce(sums);
+    });
   }
+  optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
 }
 
 DataParallel::~DataParallel() {
@@ -156,7 +157,9 @@ void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
       const auto& s = specs[i];
       const bool decay = s.is_embedding ? config_.optim.decay_embeddings
                                         : (s.decay || config_.optim.decay_norms_biases);
-      slots_[i] = {s.name, pos, s.shape, s.numel(), decay};
+      // Norms and biases: the specs without decay that are not embeddings.
+      const bool adapt = s.decay || s.is_embedding || config_.optim.adapt_norms_biases;
+      slots_[i] = {s.name, pos, s.shape, s.numel(), decay, adapt};
       bucket_of_[i] = static_cast<int>(b);
       pos = round_up(pos + s.numel(), kAlign);
     }
@@ -295,16 +298,13 @@ at::Tensor DataParallel::gather_flat(const at::Tensor& shard) {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> DataParallel::optimizer_state() {
-  at::Tensor m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
-  if (zero_ > 0) {
-    m = gather_flat(m);
-    v = gather_flat(v);
-  }
+  std::vector<at::Tensor> flat;
+  for (const auto& [kind, buffer] : optimizer_->state()) flat.push_back(zero_ > 0 ? gather_flat(buffer) : buffer);
+  // Parameter by parameter, its state buffers in the optimizer's order.
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& s : slots_) {
-    out.emplace_back("exp_avg." + s.name, m.narrow(0, s.offset, s.numel).view(s.shape));
-    out.emplace_back("exp_avg_sq." + s.name, v.narrow(0, s.offset, s.numel).view(s.shape));
-  }
+  for (const auto& s : slots_)
+    for (size_t k = 0; k < flat.size(); ++k)
+      out.emplace_back(optimizer_->state()[k].first + "." + s.name, flat[k].narrow(0, s.offset, s.numel).view(s.shape));
   return out;
 }
 
@@ -312,23 +312,24 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
                                         int64_t step_count) {
   std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
   const int64_t total = buckets_.back().offset + buckets_.back().numel;
-  for (const char* kind : {"exp_avg", "exp_avg_sq"}) {
+  for (const auto& [kind, dst] : optimizer_->state()) {
     at::Tensor full = at::zeros({total}, at::kFloat);
     for (const auto& s : slots_) {
       const std::string name = fmt::format("{}.{}", kind, s.name);
       auto it = by_name.find(name);
-      KOLOS_CHECK(it != by_name.end(), "optimizer state: tensor {} is missing", name);
+      KOLOS_CHECK(it != by_name.end(), "optimizer state: tensor {} is missing (optim.name = \"{}\")", name,
+                  optimizer_->name());
       KOLOS_CHECK(it->second.sizes() == at::IntArrayRef(s.shape) && it->second.scalar_type() == at::kFloat,
                   "optimizer state: tensor {} has shape {} ({}), expected {} (float32)", name,
                   fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()), fmt::join(s.shape, "x"));
       full.narrow(0, s.offset, s.numel).copy_(it->second.reshape({-1}));
     }
-    const at::Tensor& dst = std::string(kind) == "exp_avg" ? optimizer_->exp_avg() : optimizer_->exp_avg_sq();
+    at::Tensor target = dst;  // shares the optimizer's buffer
     if (zero_ == 0) {
-      dst.copy_(full);
+      target.copy_(full);
     } else {
       for (const auto& b : buckets_)
-        dst.narrow(0, b.shard_offset, b.numel / dp_).copy_(full.narrow(0, chunk_offset(b), b.numel / dp_));
+        target.narrow(0, b.shard_offset, b.numel / dp_).copy_(full.narrow(0, chunk_offset(b), b.numel / dp_));
     }
   }
   optimizer_->set_step_count(step_count);
@@ -339,7 +340,8 @@ ShardReport DataParallel::report() const {
   r.flat_numel = flat_params_.numel();
   r.param_numel = flat_params_.numel();
   r.grad_numel = zero_ == 2 ? grad_shard_.numel() : flat_grads_.numel();
-  r.optim_numel = optimizer_->exp_avg().numel() + optimizer_->exp_avg_sq().numel();
+  r.optim_numel = optimizer_->state_numel();
+  r.optim_states = static_cast<int64_t>(optimizer_->state().size());
   r.buckets = static_cast<int64_t>(buckets_.size());
   return r;
 }

@@ -20,8 +20,12 @@
 // it); zero 2 reduces on every micro-step (that is what keeps its gradients sharded). After the optimizer updated
 // the shard, zero 1 and 2 all-gather the updated parameters bucket by bucket, so every rank holds all parameters.
 //
+// Optimizer. The rule of optim.name (optim/optimizer.h) over this rank's pieces: everything at zero 0, its chunk of
+// every bucket at zero >= 1 (a parameter may then be split between ranks at any element). The rules with
+// whole-tensor norms (LARS, LAMB) all-reduce their per-tensor partial squared norms over the dp Comm at zero >= 1.
+//
 // Every collective goes through the dp Comm (so the ledger counts it): phase "backward" for the gradient
-// reductions, "optimizer" for the norm and the parameter all-gather, "other" for checkpoint gathers.
+// reductions, "optimizer" for the norms and the parameter all-gather, "other" for checkpoint gathers.
 //
 // Not thread-safe; the autograd engine runs the hooks on the thread that calls backward() (CPU).
 #pragma once
@@ -38,7 +42,7 @@
 #include "kolos/config/config.h"
 #include "kolos/dist/comm.h"
 #include "kolos/models/model.h"
-#include "kolos/optim/adamw.h"
+#include "kolos/optim/optimizer.h"
 #include "kolos/parallel/plan.h"
 
 namespace kolos::parallel {
@@ -54,7 +58,8 @@ struct ShardReport {
   int64_t flat_numel = 0;   // the whole padded layout
   int64_t param_numel = 0;  // parameter storage on this rank
   int64_t grad_numel = 0;   // persistent gradient storage
-  int64_t optim_numel = 0;  // optimizer moments (both)
+  int64_t optim_numel = 0;  // optimizer state (all its buffers)
+  int64_t optim_states = 0; // optimizer state buffers (adamw, lamb: 2; sgd, lars: 1, 0 without momentum; lion: 1)
   int64_t buckets = 0;
   nlohmann::json to_json() const;
 };
@@ -79,16 +84,18 @@ class DataParallel {
   void end_micro();
   // Global L2 norm of the step's (reduced, averaged) gradient.
   double grad_norm();
-  // AdamW on this rank's shard with gradients multiplied by grad_scale, then the all-gather of the parameters.
+  // The optimizer on this rank's shard with gradients multiplied by grad_scale, then the all-gather of the
+  // parameters (zero >= 1). Collective at zero >= 1.
   void optimizer_step(double lr, double grad_scale);
 
-  // The optimizer moments as whole tensors named exp_avg.<param> / exp_avg_sq.<param>, shaped like the parameters.
-  // Collective at zero >= 1 (every dp rank must call it; all get the tensors).
+  // The optimizer state as whole tensors named <state>.<param> (adamw, lamb: exp_avg, exp_avg_sq; sgd, lars, lion:
+  // momentum), shaped like the parameters. Collective at zero >= 1 (every dp rank must call it; all get them).
   std::vector<std::pair<std::string, at::Tensor>> optimizer_state();
-  // Restores moments saved by optimizer_state() under any layout (every rank reads the whole tensors and keeps its
-  // shard). InputError naming a missing or mis-shaped tensor.
+  // Restores state saved by optimizer_state() under any layout (every rank reads the whole tensors and keeps its
+  // shard). InputError naming a missing or mis-shaped tensor; tensors of other state names are ignored.
   void load_optimizer_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors, int64_t step_count);
   int64_t optimizer_steps() const { return optimizer_->step_count(); }
+  const optim::Optimizer& optimizer() const { return *optimizer_; }
 
   int zero() const { return zero_; }
   int dp() const { return dp_; }
@@ -127,7 +134,7 @@ class DataParallel {
   std::vector<at::Tensor> params_;
   at::Tensor flat_params_, flat_grads_, grad_shard_;
   int64_t shard_numel_ = 0;
-  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
 
   // Per micro-step state of the hooks.
   bool armed_ = false;
