@@ -1,7 +1,7 @@
 // Sequence-parallel attention (src/kolos/parallel/sequence/) against one process: causal attention over the whole
-// sequence in float64, then each rank's rows of the output and of the gradients of Σ out·w (w random) with respect
-// to q, k and v. Ring attention with the zig-zag assignment of blocks (and with a plain contiguous one, since the
-// masking goes by positions), Ulysses with contiguous slices; p = 2 and 4. Also the ring's point-to-point volume.
+// sequence in float64 (grouped-query: 4 query heads, 2 key/value heads), then each rank's rows of the output and of
+// the gradients of Σ out·w (w random) with respect to q, k and v. Ring attention with the zig-zag assignment of
+// blocks, Ulysses with contiguous slices; p = 2 and 4. Also the ring's point-to-point volume.
 // Ranks are threads (tests/dist/thread_ranks.h).
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -22,17 +22,17 @@ namespace kolos::parallel::sequence {
 namespace {
 
 struct Case {
-  at::Tensor q, k, v, w;                  // whole: (B, H, T, D)
+  at::Tensor q, k, v, w;                  // whole: q, w (B, H, T, D); k, v (B, KV, T, D)
   at::Tensor out, dq, dk, dv;             // the one-process reference
 };
 
 Case make_case(int64_t T, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
-  const int64_t B = 2, H = 4, D = 8;
+  const int64_t B = 2, H = 4, KV = 2, D = 8;  // grouped-query: each key/value head serves two query heads
   Case c;
   c.q = at::randn({B, H, T, D}, gen, at::kDouble);
-  c.k = at::randn({B, H, T, D}, gen, at::kDouble);
-  c.v = at::randn({B, H, T, D}, gen, at::kDouble);
+  c.k = at::randn({B, KV, T, D}, gen, at::kDouble);
+  c.v = at::randn({B, KV, T, D}, gen, at::kDouble);
   c.w = at::randn({B, H, T, D}, gen, at::kDouble);
   at::Tensor q = c.q.clone().requires_grad_(true), k = c.k.clone().requires_grad_(true),
              v = c.v.clone().requires_grad_(true);
@@ -52,10 +52,11 @@ void expect_close(const at::Tensor& got, const at::Tensor& want, const std::stri
                                                      << (got - want).abs().max().item<double>();
 }
 
-using Attention = std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor& positions, dist::Comm&)>;
+using Attention = std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, dist::Comm&)>;
 
-void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of, const Attention& attention) {
+// `sent`: the bytes each rank must send point to point in forward (0: not checked).
+void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of, const Attention& attention,
+           int64_t sent = 0) {
   const Case c = make_case(T, 3 + p);
   test::run_thread_ranks(
       p,
@@ -64,7 +65,8 @@ void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of,
         auto mine = [&](const at::Tensor& x) { return x.index_select(2, pos); };
         at::Tensor q = mine(c.q).requires_grad_(true), k = mine(c.k).requires_grad_(true),
                    v = mine(c.v).requires_grad_(true);
-        at::Tensor out = attention(q, k, v, pos, comm);
+        at::Tensor out = attention(q, k, v, comm);
+        if (sent > 0) EXPECT_EQ(comm.ledger().bytes("sp", "send", dist::Phase::kForward), sent);
         (out * mine(c.w)).sum().backward();
         expect_close(out.detach(), mine(c.out), "out");
         expect_close(q.grad(), mine(c.dq), "dq");
@@ -76,27 +78,24 @@ void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of,
 
 class SequenceParallelTest : public ::testing::TestWithParam<int> {};
 
+// The keys and values travel with their KV heads: forward sends 2·(p − 1)·B·(T/p)·KV·D elements per rank.
 TEST_P(SequenceParallelTest, RingAttentionZigZagMatchesOneProcess) {
   const int p = GetParam();
-  const int64_t T = 8 * p;
+  const int64_t T = 8 * p, B = 2, KV = 2, D = 8;
   EXPECT_TRUE(at::equal(zigzag_positions(8, 2, 0), at::tensor({0, 1, 6, 7}, at::kLong)));
   EXPECT_TRUE(at::equal(zigzag_positions(8, 2, 1), at::tensor({2, 3, 4, 5}, at::kLong)));
   check(p, T, [&](int r) { return zigzag_positions(T, p, r); },
-        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos, dist::Comm& c) {
-          return ring_attention(q, k, v, pos, c);
-        });
-  // Contiguous slices: the last rank's queries see everything, the first's only their own block.
-  check(p, T, [&](int r) { return at::arange(r * (T / p), (r + 1) * (T / p), at::kLong); },
-        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos, dist::Comm& c) {
-          return ring_attention(q, k, v, pos, c);
-        });
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, dist::Comm& c) {
+          return ring_attention(q, k, v, c);
+        },
+        2 * (p - 1) * B * (T / p) * KV * D * 8);
 }
 
 TEST_P(SequenceParallelTest, UlyssesMatchesOneProcess) {
   const int p = GetParam();
   const int64_t T = 6 * p;
   check(p, T, [&](int r) { return at::arange(r * (T / p), (r + 1) * (T / p), at::kLong); },
-        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor&, dist::Comm& c) {
+        [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, dist::Comm& c) {
           return ulysses_attention(q, k, v, c);
         });
 }

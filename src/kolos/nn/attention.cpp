@@ -144,8 +144,13 @@ void attention_backward_blocks(const at::Tensor& q, const at::Tensor& k, const a
   }
 }
 
+at::Tensor expand_kv(const at::Tensor& kv, int64_t heads) {
+  const int64_t groups = heads / kv.size(1);
+  return groups == 1 ? kv : kv.repeat_interleave(groups, /*dim=*/1);
+}
+
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t block) {
-  return CausalAttention::apply(q, k, v, block);
+  return CausalAttention::apply(q, expand_kv(k, q.size(1)), expand_kv(v, q.size(1)), block);
 }
 
 }  // namespace kolos::nn

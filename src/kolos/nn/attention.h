@@ -14,10 +14,13 @@ namespace kolos::nn {
 // Default block edge (queries and keys per block).
 constexpr int64_t kAttentionBlock = 256;
 
-// q, k, v: (B, H, T, D) fp32 (k and v already expanded to H heads for grouped-query attention).
-// Returns (B, H, T, D). Differentiable with respect to q, k and v.
+// q: (B, H, T, D); k, v: (B, KV, T, D) with KV dividing H (grouped-query attention: each key/value head serves
+// H/KV consecutive query heads). Returns (B, H, T, D). Differentiable with respect to q, k and v.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             int64_t block = kAttentionBlock);
+
+// k or v (B, KV, T, D) repeated to `heads` heads, each key/value head for heads/KV consecutive query heads.
+at::Tensor expand_kv(const at::Tensor& kv, int64_t heads);
 
 // The kernel's two halves, for attention split across ranks (ring attention), over (N, T, D) queries already
 // scaled by 1/sqrt(D) and (N, S, D) keys and values, with the positions of the queries (T) and keys (S), int64, in

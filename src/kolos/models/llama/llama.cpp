@@ -79,10 +79,7 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
   at::Tensor q = nn::apply_rope(qkv[0].view({B, T, H, D}).transpose(1, 2), cos, sin);
   at::Tensor k = nn::apply_rope(qkv[1].view({B, T, KV, D}).transpose(1, 2), cos, sin);
   at::Tensor v = qkv[2].view({B, T, KV, D}).transpose(1, 2);
-  if (KV != H) {  // each key/value head serves H/KV consecutive query heads
-    k = k.repeat_interleave(H / KV, /*dim=*/1);
-    v = v.repeat_interleave(H / KV, /*dim=*/1);
-  }
+  // k, v keep their KV heads: attention serves each to H/KV consecutive query heads.
   at::Tensor y = attention(q, k, v).transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.o.forward(y));
   h = nn::rms_norm(r, b.mlp_norm, config_.norm_eps);

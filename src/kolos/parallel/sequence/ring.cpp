@@ -44,23 +44,35 @@ std::vector<at::Tensor> shift(const std::vector<at::Tensor>& out, int step, dist
   return finish_shift(s);
 }
 
+// (B·KV, T, D) keys or values → (B·H, T, D), each key/value head repeated for its H/KV query heads; and the
+// gradient's way back, summing over the repeats.
+at::Tensor expand(const at::Tensor& kv, int64_t B, int64_t H) {
+  const int64_t KV = kv.size(0) / B, T = kv.size(1), D = kv.size(2);
+  return nn::expand_kv(kv.view({B, KV, T, D}), H).reshape({B * H, T, D});
+}
+at::Tensor reduce_groups(const at::Tensor& g, int64_t B, int64_t KV) {
+  const int64_t H = g.size(0) / B, T = g.size(1), D = g.size(2);
+  return H == KV ? g : g.view({B, KV, H / KV, T, D}).sum(2).reshape({B * KV, T, D});
+}
+
 struct Ring : torch::autograd::Function<Ring> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& positions, dist::Comm* comm) {
-    const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
-    const int p = comm->size();
+                            int64_t total, dist::Comm* comm) {
+    const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), KV = k.size(1);
+    const int p = comm->size(), r = comm->rank();
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    const int64_t block = nn::kAttentionBlock;
     at::Tensor qs = (q.reshape({B * H, T, D}) * scale).contiguous();
-    at::Tensor kc = k.reshape({B * H, T, D}).contiguous(), vc = v.reshape({B * H, T, D}).contiguous();
-    at::Tensor pos = positions.contiguous();
+    at::Tensor kc = k.reshape({B * KV, T, D}).contiguous(), vc = v.reshape({B * KV, T, D}).contiguous();
+    const at::Tensor pos = zigzag_positions(total, p, r);
     dist::Ledger::PhaseScope phase(comm->ledger(), dist::Phase::kForward);
     at::Tensor out, lse;
-    std::vector<at::Tensor> kv = {kc, vc, pos};
+    std::vector<at::Tensor> kv = {kc, vc};  // at step j: the block of rank r − j, with its KV heads only
     for (int step = 0; step < p; ++step) {
       Started next;
       if (step + 1 < p) next = start_shift(kv, step, *comm);
-      auto [o, l] = nn::attention_forward_blocks(qs, kv[0], kv[1], pos, kv[2], block);
+      const at::Tensor k_pos = zigzag_positions(total, p, (r - step + p) % p);
+      auto [o, l] = nn::attention_forward_blocks(qs, expand(kv[0], B, H), expand(kv[1], B, H), pos, k_pos,
+                                                 nn::kAttentionBlock);
       if (!out.defined()) {
         out = o;
         lse = l;
@@ -75,38 +87,46 @@ struct Ring : torch::autograd::Function<Ring> {
       }
       if (step + 1 < p) kv = finish_shift(next);
     }
-    ctx->save_for_backward({qs, kc, vc, out, lse, pos});
+    ctx->save_for_backward({qs, kc, vc, out, lse});
     ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["total"] = total;
+    ctx->saved_data["shape"] = std::vector<int64_t>{B, H, KV, T, D};
     return out.view({B, H, T, D});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto& comm = *reinterpret_cast<dist::Comm*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &qs = saved[0], &kc = saved[1], &vc = saved[2], &out = saved[3], &lse = saved[4],
-                     &pos = saved[5];
-    const int p = comm.size();
-    const int64_t N = qs.size(0), T = qs.size(1), D = qs.size(2), block = nn::kAttentionBlock;
-    const auto shape = grads[0].sizes().vec();
-    at::Tensor dout = grads[0].reshape({N, T, D}).contiguous();
+    const at::Tensor &qs = saved[0], &kc = saved[1], &vc = saved[2], &out = saved[3], &lse = saved[4];
+    const auto shape = ctx->saved_data["shape"].toIntVector();
+    const int64_t B = shape[0], H = shape[1], KV = shape[2], T = shape[3], D = shape[4];
+    const int64_t total = ctx->saved_data["total"].toInt();
+    const int p = comm.size(), r = comm.rank();
+    const at::Tensor pos = zigzag_positions(total, p, r);
+    at::Tensor dout = grads[0].reshape({B * H, T, D}).contiguous();
     at::Tensor delta = (dout * out).sum(-1, true);
     at::Tensor dq = at::zeros_like(qs);
     dist::Ledger::PhaseScope phase(comm.ledger(), dist::Phase::kBackward);
-    // The travelling block: keys, values, their positions and the gradient accumulators of its owner.
-    std::vector<at::Tensor> kv = {kc, vc, pos};
+    // The travelling block: keys and values, and the gradient accumulators of their owner (KV heads only).
+    std::vector<at::Tensor> kv = {kc, vc};
     at::Tensor dk = at::zeros_like(kc), dv = at::zeros_like(vc);
     for (int step = 0; step < p; ++step) {
       Started next;
       if (step + 1 < p) next = start_shift(kv, 2 * step, comm);  // the next block's keys travel meanwhile
-      nn::attention_backward_blocks(qs, kv[0], kv[1], dout, lse, delta, pos, kv[2], block, dq, dk, dv);
+      const at::Tensor k_pos = zigzag_positions(total, p, (r - step + p) % p);
+      at::Tensor dk_block = at::zeros({B * H, T, D}, kc.options()), dv_block = at::zeros_like(dk_block);
+      nn::attention_backward_blocks(qs, expand(kv[0], B, H), expand(kv[1], B, H), dout, lse, delta, pos, k_pos,
+                                    nn::kAttentionBlock, dq, dk_block, dv_block);
+      dk.add_(reduce_groups(dk_block, B, KV));
+      dv.add_(reduce_groups(dv_block, B, KV));
       auto back = shift({dk, dv}, 2 * step + 1, comm);  // the accumulators follow their block (home at the end)
       dk = back[0];
       dv = back[1];
       if (step + 1 < p) kv = finish_shift(next);
     }
     dq.mul_(ctx->saved_data["scale"].toDouble());
-    return {dq.view(shape), dk.view(shape), dv.view(shape), at::Tensor(), at::Tensor()};
+    return {dq.view({B, H, T, D}), dk.view({B, KV, T, D}), dv.view({B, KV, T, D}), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -121,10 +141,9 @@ at::Tensor zigzag_positions(int64_t total, int parts, int rank) {
                   at::arange((2 * parts - 1 - rank) * chunk, (2 * parts - rank) * chunk, at::kLong)});
 }
 
-at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& positions,
-                          dist::Comm& sp) {
+at::Tensor ring_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, dist::Comm& sp) {
   if (sp.size() == 1) return nn::causal_attention(q, k, v);
-  return Ring::apply(q, k, v, positions, &sp);
+  return Ring::apply(q, k, v, q.size(2) * sp.size(), &sp);
 }
 
 }  // namespace kolos::parallel::sequence

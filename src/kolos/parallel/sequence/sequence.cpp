@@ -20,8 +20,8 @@ void add_sequence_parallel(nn::Sharding& sharding, dist::Comm& sp, const std::st
   dist::Comm* comm = &sp;
   sharding.positions = [comm, mode, p](int64_t T) { return sequence_positions(mode, T * p, p, comm->rank()); };
   if (mode == "ring") {
-    sharding.attention = [comm, p](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-      return ring_attention(q, k, v, zigzag_positions(q.size(2) * p, p, comm->rank()), *comm);
+    sharding.attention = [comm](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+      return ring_attention(q, k, v, *comm);
     };
   } else {
     KOLOS_CHECK(mode == "ulysses", "parallel.sp_mode = \"{}\": expected \"ring\" or \"ulysses\"", mode);

@@ -12,8 +12,8 @@
 
 namespace kolos::parallel::sequence {
 
-// q, k, v: (B, H, T/p, D), this rank's contiguous slice [r·T/p, (r+1)·T/p) of the sequence; k and v expanded to H
-// heads. Returns this rank's rows of causal attention over the whole sequence. Differentiable.
+// q: (B, H, T/p, D), k, v: (B, KV, T/p, D) (KV dividing H), this rank's contiguous slice [r·T/p, (r+1)·T/p) of the
+// sequence. Returns this rank's rows of causal attention over the whole sequence. Differentiable.
 at::Tensor ulysses_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, dist::Comm& sp);
 
 }  // namespace kolos::parallel::sequence
