@@ -84,6 +84,26 @@ TEST(MeshTest, GroupsAreTheRanksSharingOtherCoordinates) {
   });
 }
 
+// The axis set dp × sp: the ranks sharing pp and tp, ranked dp_i · sp + sp_i; with sp = 1 the dp group itself.
+TEST(MeshTest, DataGroupIsDpTimesSp) {
+  const std::array<int, 4> d = {1, 2, 2, 2};  // 8 ranks
+  run_mesh(8, MeshShape{1, 2, 2, 2}, [&](Mesh& mesh) {
+    const int r = mesh.rank();
+    const auto c = mesh.coords_of(r);
+    Comm& data = mesh.data();
+    EXPECT_EQ(data.size(), 4);
+    EXPECT_EQ(data.rank(), c[1] * 2 + c[2]);
+    int64_t want = 0;
+    for (int dp = 0; dp < 2; ++dp)
+      for (int sp = 0; sp < 2; ++sp) want += row_major({c[0], dp, sp, c[3]}, d);
+    at::Tensor x = at::full({1}, int64_t(r));
+    data.all_reduce(x);
+    EXPECT_EQ(x.item<int64_t>(), want) << "rank " << r;
+    EXPECT_EQ(mesh.ledger().calls("dp_sp", "all_reduce", Phase::kOther), 1);
+  });
+  run_mesh(2, MeshShape{1, 2, 1, 1}, [&](Mesh& mesh) { EXPECT_EQ(&mesh.data(), &mesh.comm("dp")); });
+}
+
 TEST(MeshTest, ShapeMustMatchWorldSize) {
   auto store = c10::make_intrusive<c10d::HashStore>();
   Comm::Options options;

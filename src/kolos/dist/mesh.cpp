@@ -36,6 +36,14 @@ std::unique_ptr<Mesh> Mesh::create(const c10::intrusive_ptr<c10d::Store>& store,
     auto group_store = c10::make_intrusive<c10d::PrefixStore>(fmt::format("mesh/{}/{}", kAxes[a], group), store);
     mesh->comms_[a] = Comm::create(group_store, mesh->coords_[a], degrees[a], kAxes[a], options);
   }
+  if (shape.sp > 1) {
+    std::array<int, 4> first = mesh->coords_;
+    first[1] = first[2] = 0;
+    auto data_store =
+        c10::make_intrusive<c10d::PrefixStore>(fmt::format("mesh/dp_sp/{}", mesh->rank_at(first)), store);
+    mesh->data_ = Comm::create(data_store, mesh->coords_[1] * shape.sp + mesh->coords_[2], shape.dp * shape.sp,
+                               "dp_sp", options);
+  }
   auto world_store = c10::make_intrusive<c10d::PrefixStore>("mesh/world", store);
   mesh->world_ = Comm::create(world_store, rank, world_size, "world", options);
   return mesh;

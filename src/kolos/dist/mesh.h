@@ -3,7 +3,8 @@
 //   rank = ((pp_i · dp + dp_i) · sp + sp_i) · tp + tp_i
 // A rank's group on an axis is the set of ranks sharing its coordinates on every other axis; its rank in that
 // group is its coordinate on the axis. Mesh::create builds every group of this rank — one Comm per axis (also for
-// degree 1) and one "world" Comm — collectively at start-up; all Comms share one Ledger, each under its axis name.
+// degree 1), the axis set dp × sp when sp > 1, and one "world" Comm — collectively at start-up; all Comms share one
+// Ledger, each under its axis name.
 // No globals: pass the Mesh to whoever needs it.
 //
 // Thread-safety: as Comm (one thread issues the calls of each Comm).
@@ -43,6 +44,10 @@ class Mesh {
   std::array<int, 4> coords_of(int world_rank) const;
 
   Comm& comm(const std::string& axis) const;  // this rank's group on `axis`
+  // The axis set dp × sp (the ranks sharing this rank's pp and tp coordinates, ranked dp_i · sp + sp_i), over which
+  // gradients are averaged and ZeRO shards: every such rank trains on different tokens. Ledger axis "dp_sp"; the
+  // dp Comm itself when sp = 1.
+  Comm& data() const { return data_ ? *data_ : *comms_[1]; }
   Comm& world() const { return *world_; }
   Ledger& ledger() const { return *ledger_; }
 
@@ -55,6 +60,7 @@ class Mesh {
   std::array<int, 4> degrees_{}, coords_{};
   std::shared_ptr<Ledger> ledger_;
   std::array<std::shared_ptr<Comm>, 4> comms_;
+  std::shared_ptr<Comm> data_;  // dp × sp when sp > 1
   std::shared_ptr<Comm> world_;
 };
 
