@@ -26,7 +26,7 @@ ModelConfig config_for(const std::string& arch) {
   c.heads = 4;
   c.kv_heads = arch == "llama" ? 2 : 4;
   c.ffn_hidden = arch == "llama" ? 72 : 128;
-  c.vocab = 36;  // divisible by 2 and 4
+  c.vocab = arch == "llama" ? 36 : 37;  // 37: not divisible by tp, padded
   c.seq_len = 16;
   c.tie_embeddings = arch == "gpt2";
   return c;
@@ -73,7 +73,7 @@ void check_arch(const std::string& arch, int tp, bool sequence = false) {
       tp,
       [&](dist::Comm& comm, int r) {
         auto model = models::Model::create(config);
-        model->set_sharding(tensor_parallel_1d(comm, sequence));
+        model->set_sharding(tensor_parallel_1d(comm, config.vocab, sequence));
         std::vector<at::Tensor> local;
         for (size_t i = 0; i < specs.size(); ++i) local.push_back(nn::shard_param(whole[i], specs[i], tp, r).clone());
         model->bind_params(local);

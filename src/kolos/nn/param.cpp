@@ -1,5 +1,7 @@
 #include "kolos/nn/param.h"
 
+#include <algorithm>
+
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "kolos/core/error.h"
@@ -14,13 +16,19 @@ int64_t ParamSpec::numel() const {
 
 std::vector<int64_t> ParamSpec::local_shape(int parts) const {
   std::vector<int64_t> local = shape;
-  if (tp_dim >= 0 && parts > 1) local[tp_dim] /= parts;
+  if (tp_dim >= 0 && parts > 1) local[tp_dim] = (local[tp_dim] + parts - 1) / parts;  // padded when uneven
   return local;
 }
 
 at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, int parts, int index) {
   if (spec.tp_dim < 0 || parts == 1) return whole;
   const int64_t d = spec.tp_dim, g = spec.tp_groups, size = whole.size(d);
+  if (g == 1) {  // contiguous slices of ceil(size / parts), the last padded with zeros
+    const int64_t c = (size + parts - 1) / parts, start = std::min(size, index * c), n = std::min(size, start + c) - start;
+    at::Tensor piece = at::zeros(spec.local_shape(parts), whole.options());
+    if (n > 0) piece.narrow(d, 0, n).copy_(whole.narrow(d, start, n));
+    return piece;
+  }
   KOLOS_ASSERT(size % (g * parts) == 0, "parameter {}: dimension {} of size {} does not split into {} groups of {}",
                spec.name, d, size, g, parts);
   // (..., g, parts, size / (g·parts), ...): keep index `index` of the parts axis.
@@ -34,6 +42,7 @@ at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec&
   const int parts = static_cast<int>(pieces.size());
   if (spec.tp_dim < 0 || parts == 1) return pieces.at(0);
   const int64_t d = spec.tp_dim, g = spec.tp_groups;
+  if (g == 1) return at::cat(pieces, d).narrow(d, 0, spec.shape[d]).contiguous();  // the padding dropped
   std::vector<at::Tensor> grouped;  // each piece as (..., g, 1, local / g, ...)
   for (const auto& p : pieces) {
     std::vector<int64_t> split(p.sizes().begin(), p.sizes().end());

@@ -31,7 +31,8 @@ struct ParamSpec {
   bool sequence_sliced = false;
 
   int64_t numel() const;
-  // The shape one of `parts` tensor-parallel ranks holds.
+  // The shape one of `parts` tensor-parallel ranks holds: tp_dim cut to ceil(size / parts) (an uneven split, as
+  // of a vocabulary, is padded with zero rows on the last ranks; grouped splits must be even).
   std::vector<int64_t> local_shape(int parts) const;
 };
 

@@ -1,5 +1,7 @@
 #include "kolos/parallel/tensor/tp1d.h"
 
+#include <limits>
+
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "kolos/core/error.h"
@@ -99,8 +101,14 @@ at::Tensor column(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return column_many(x, {&l}, comm, sequence)[0];
 }
 
-at::Tensor vocab_cross_entropy(const at::Tensor& logits, const at::Tensor& targets, dist::Comm& comm) {
+at::Tensor vocab_cross_entropy(at::Tensor logits, const at::Tensor& targets, int64_t vocab, dist::Comm& comm) {
   const int64_t part = logits.size(-1), start = comm.rank() * part;
+  if (start + part > vocab) {  // padding rows of the table: no token, no probability
+    const int64_t real = std::max<int64_t>(0, vocab - start);
+    logits = at::cat({logits.narrow(-1, 0, real),
+                      at::full_like(logits.narrow(-1, real, part - real), -std::numeric_limits<float>::infinity())},
+                     -1);
+  }
   at::Tensor max = std::get<0>(logits.detach().max(-1)).contiguous();
   {
     dist::Ledger::PhaseScope phase(comm.ledger(), dist::Phase::kForward);
@@ -125,7 +133,7 @@ at::Tensor vocab_embedding(const at::Tensor& weight, const at::Tensor& ids, dist
 
 }  // namespace
 
-nn::Sharding tensor_parallel_1d(dist::Comm& tp, bool sequence_parallel) {
+nn::Sharding tensor_parallel_1d(dist::Comm& tp, int64_t vocab, bool sequence_parallel) {
   nn::Sharding s;
   s.parts = tp.size();
   if (s.parts == 1) return s;
@@ -145,8 +153,8 @@ nn::Sharding tensor_parallel_1d(dist::Comm& tp, bool sequence_parallel) {
   };
   s.embedding = [comm](const at::Tensor& w, const at::Tensor& ids) { return vocab_embedding(w, ids, *comm); };
   s.head = [comm, sp](const at::Tensor& x, const at::Tensor& w) { return column(x, w, at::Tensor(), *comm, sp); };
-  s.cross_entropy = [comm](const at::Tensor& logits, const at::Tensor& targets) {
-    return vocab_cross_entropy(logits, targets, *comm);
+  s.cross_entropy = [comm, vocab](const at::Tensor& logits, const at::Tensor& targets) {
+    return vocab_cross_entropy(logits, targets, vocab, *comm);
   };
   return s;
 }

@@ -5,7 +5,8 @@
 //           the two overlap.
 //   row     y = reduce_from(x_r W_rᵀ) + b: this rank's slice of the inputs, partial products summed; the bias
 //           (replicated) added once, after the sum.
-//   embedding  this rank's rows [r·V/t, (r+1)·V/t) of the table; ids outside them give zeros; reduce_from sums.
+//   embedding  this rank's rows [r·c, (r+1)·c) of the table, c = ceil(V/t); ids outside them give zeros;
+//           reduce_from sums.
 //   head    the column product without bias: logits of this rank's slice of the vocabulary.
 //   cross_entropy  vocab-parallel: the global maximum (all-reduce max, no gradient), the sum of exponentials
 //           and the target's logit (reduce_from each); the full logits are never gathered.
@@ -24,6 +25,8 @@ namespace kolos::parallel::tensor {
 // blocks' input enters as this rank's slice, column products all-gather it (reduce-scatter in backward) and row
 // products reduce-scatter their output (all-gather in backward); the same volume as the all-reduces they replace.
 // The gradients of ParamSpec::sequence_sliced parameters are then partial per rank: the caller sums them over tp.
-nn::Sharding tensor_parallel_1d(dist::Comm& tp, bool sequence_parallel = false);
+// `vocab`: the model's vocabulary; when tp does not divide it, the last ranks' rows of the embedding (and untied
+// head) are zero padding, whose logits the cross-entropy masks.
+nn::Sharding tensor_parallel_1d(dist::Comm& tp, int64_t vocab, bool sequence_parallel = false);
 
 }  // namespace kolos::parallel::tensor
