@@ -43,7 +43,6 @@ TEST(Plan, DegreesMustMultiplyToTheWorldSize) {
 
 TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
   for (const auto& [set, key] : std::vector<std::pair<std::string, std::string>>{
-           {"parallel.tp=2", "parallel.tp"},
            {"parallel.sp=2", "parallel.sp"},
            {"parallel.pp=2", "parallel.pp"},
            {"parallel.zero=3", "parallel.zero"},
@@ -52,6 +51,20 @@ TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
     EXPECT_NE(e.find(key), std::string::npos) << set << ": " << e;
     EXPECT_NE(e.find("not yet supported"), std::string::npos) << set << ": " << e;
   }
+}
+
+// Tensor parallelism (1D): every split dimension divides; other tp modes wait for issue 8.
+TEST(Plan, TensorParallelRulesNameTheDimension) {
+  EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=2"}, 4), 4).describe(), "dp=2, tp=2 (1d)");
+  std::string e = plan_error({"parallel.tp=2", "parallel.tp_mode=2d"}, 2);
+  EXPECT_NE(e.find("parallel.tp_mode"), std::string::npos) << e;
+  EXPECT_NE(e.find("not yet supported"), std::string::npos) << e;
+  e = plan_error({"parallel.tp=2", "model.heads=5", "model.hidden=80"}, 2);
+  EXPECT_NE(e.find("model.heads = 5"), std::string::npos) << e;
+  e = plan_error({"parallel.tp=4", "model.arch=llama", "model.kv_heads=2", "model.tie_embeddings=false"}, 4);
+  EXPECT_NE(e.find("key/value heads"), std::string::npos) << e;
+  e = plan_error({"parallel.tp=2", "model.ffn_hidden=255"}, 2);
+  EXPECT_NE(e.find("model.ffn_hidden = 255"), std::string::npos) << e;
 }
 
 TEST(Plan, ZeroWithOneRankIsAccepted) {

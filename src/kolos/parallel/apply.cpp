@@ -1,15 +1,19 @@
 #include "kolos/parallel/apply.h"
 
 #include "kolos/core/error.h"
+#include "kolos/parallel/tensor/tp1d.h"
 
 namespace kolos::parallel {
 
 namespace {
 
-// Slot 1 (issue 5): tensor and sequence sharding.
-void apply_tensor_sequence(models::Model& /*model*/, const Plan& plan, const dist::Mesh* /*mesh*/) {
-  KOLOS_CHECK(plan.tp == 1 && plan.sp == 1 && !plan.megatron_sp,
-              "parallel.tp / parallel.sp / parallel.megatron_sp: tensor and sequence parallelism are not yet supported");
+// Slot 1: tensor sharding (1D; sequence parallelism on the sp axis and Megatron-SP still refused by make_plan).
+void apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh) {
+  KOLOS_CHECK(plan.sp == 1 && !plan.megatron_sp,
+              "parallel.sp / parallel.megatron_sp: sequence parallelism does not train yet");
+  if (plan.tp == 1) return;
+  KOLOS_ASSERT(mesh, "tensor parallelism without a mesh");
+  model.set_sharding(tensor::tensor_parallel_1d(mesh->comm("tp"), config.model.vocab, plan.megatron_sp));
 }
 
 // Slot 2 (issue 7): activation checkpointing.
@@ -29,7 +33,8 @@ std::unique_ptr<DataParallel> apply_data_parallel(models::Model& model, const Co
                                                   const dist::Mesh* mesh) {
   KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported", plan.zero);
   dist::Comm* dp = mesh ? &mesh->comm("dp") : nullptr;
-  return std::make_unique<DataParallel>(model, config, plan, dp);
+  dist::Comm* tp = mesh ? &mesh->comm("tp") : nullptr;
+  return std::make_unique<DataParallel>(model, config, plan, dp, tp);
 }
 
 }  // namespace
@@ -39,7 +44,7 @@ Parallelized apply(models::Model& model, const Config& config, const Plan& plan,
                "parallel::apply: the plan is for {} processes, the mesh has {}", plan.world,
                mesh ? mesh->world_size() : 1);
   Parallelized out;
-  apply_tensor_sequence(model, plan, mesh);
+  apply_tensor_sequence(model, config, plan, mesh);
   apply_activation_checkpointing(model, config);
   apply_pipeline(model, plan);
   out.data = apply_data_parallel(model, config, plan, mesh);

@@ -52,8 +52,25 @@ Plan make_plan(const Config& config, int world_size) {
               "started): set parallel.dp = 0 to derive it, or start {} processes",
               plan.pp, plan.dp, plan.sp, plan.tp, plan.dp * others, world_size, plan.dp * others);
 
+  // Tensor parallelism (1D): every split dimension must divide (the vocabulary is padded instead).
+  if (plan.tp > 1) {
+    const auto& m = config.model;
+    KOLOS_CHECK(plan.tp_mode == "1d",
+                "parallel.tp_mode = \"{}\": 2D, 2.5D and 3D tensor parallelism are not yet supported (issue 8); use "
+                "\"1d\"",
+                plan.tp_mode);
+    const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads;
+    KOLOS_CHECK(m.heads % plan.tp == 0,
+                "parallel.tp = {}: model.heads = {} must be divisible by tp (each rank computes whole heads)", plan.tp,
+                m.heads);
+    KOLOS_CHECK(kv % plan.tp == 0,
+                "parallel.tp = {}: the {} key/value heads (model.kv_heads) must be divisible by tp (each rank keeps "
+                "whole key/value heads)",
+                plan.tp, kv);
+    KOLOS_CHECK(m.ffn_hidden % plan.tp == 0, "parallel.tp = {}: model.ffn_hidden = {} must be divisible by tp",
+                plan.tp, m.ffn_hidden);
+  }
   // Slots of later issues.
-  KOLOS_CHECK(plan.tp == 1, "parallel.tp = {}: tensor parallelism is not yet supported (issue 5); use 1", plan.tp);
   KOLOS_CHECK(plan.sp == 1, "parallel.sp = {}: sequence parallelism is not yet supported (issue 5); use 1", plan.sp);
   KOLOS_CHECK(!plan.megatron_sp, "parallel.megatron_sp = true: not yet supported (issue 5); use false");
   KOLOS_CHECK(plan.pp == 1, "parallel.pp = {}: pipeline parallelism is not yet supported (issue 6); use 1", plan.pp);

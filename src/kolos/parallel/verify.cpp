@@ -16,6 +16,7 @@
 
 #include "kolos/checkpoint/checkpoint.h"
 #include "kolos/config/config.h"
+#include "kolos/models/model.h"
 #include "kolos/core/error.h"
 #include "kolos/optim/optimizer.h"
 #include "kolos/parallel/plan.h"
@@ -114,8 +115,10 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
   return r == 0 ? (d == 0 ? 0 : INFINITY) : d / r;
 }
 
-// `states`: the optimizer's state buffers per element (optim::state_buffers).
-void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps, int64_t states, Outcome& out) {
+// `states`: the optimizer's state buffers per element (optim::state_buffers); `elements`: the parameter elements
+// one tp rank holds (its pieces, ParamSpec::local_shape).
+void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps, int64_t states, int64_t elements,
+                 Outcome& out) {
   for (int r = 0; r < layout.processes; ++r) {
     const fs::path path = fs::path(run_dir) / "ranks" / fmt::format("rank_{}.json", r);
     std::ifstream in(path);
@@ -131,6 +134,11 @@ void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps
     const int zero = dp > 1 ? layout.zero : 0;
     const int64_t want_optim = zero >= 1 ? states * flat / dp : states * flat;
     const int64_t want_grad = zero == 2 ? flat / dp : flat;
+    if (held.value("param_elements", int64_t{-1}) != elements) {
+      out.shards = fmt::format("rank {} holds {} parameter elements, its tp piece of the model has {}", r,
+                               held.value("param_elements", int64_t{-1}), elements);
+      out.ok = false;
+    }
     if (held["optim_numel"] != want_optim || held["grad_numel"] != want_grad || held["param_numel"] != flat) {
       out.shards = fmt::format("rank {} holds params/grads/moments {}/{}/{}, the plan {}/{}/{}", r,
                                held["param_numel"].get<int64_t>(), held["grad_numel"].get<int64_t>(),
@@ -189,6 +197,7 @@ std::vector<Layout> parse_layouts(const std::string& text, int64_t global_batch)
     KOLOS_CHECK(dp >= 1 && tp >= 1 && sp >= 1 && pp >= 1, "--layouts: layout \"{}\": degrees must be >= 1", item_list);
     l.processes = static_cast<int>(dp * tp * sp * pp);
     l.dp = static_cast<int>(dp);
+    l.tp = static_cast<int>(tp);
     KOLOS_CHECK(global_batch % (dp * l.grad_accum) == 0,
                 "--layouts: layout \"{}\": train.global_batch = {} does not split into dp × grad_accum = {} × {} "
                 "micro-batches",
@@ -302,7 +311,13 @@ int verify(const VerifyOptions& options) {
         out.param_tensor = name;
       }
     }
-    check_ranks(l, dir, static_cast<int64_t>(ref_losses.size()), optim::state_buffers(base.optim), out);
+    int64_t elements = 0;
+    for (const auto& spec : models::Model::create(base.model)->param_specs()) {
+      int64_t n = 1;
+      for (int64_t d : spec.local_shape(l.tp)) n *= d;
+      elements += n;
+    }
+    check_ranks(l, dir, static_cast<int64_t>(ref_losses.size()), optim::state_buffers(base.optim), elements, out);
     out.ok = out.ok && out.loss_rel <= options.tolerance && out.param_rel <= options.tolerance;
     all_ok = all_ok && out.ok;
     std::printf("%-28s %5d %12.3e %12.3e  %-26s %-6s %-6s %s\n", l.text.c_str(), l.processes, out.loss_rel,

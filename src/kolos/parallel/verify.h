@@ -39,7 +39,7 @@ struct Layout {
   std::string text;                    // as given
   std::vector<std::string> overrides;  // section.key=value
   int processes = 1;
-  int dp = 1, zero = 0;
+  int dp = 1, tp = 1, zero = 0;
   int64_t batch_size = 0, grad_accum = 1;
 };
 std::vector<Layout> parse_layouts(const std::string& text, int64_t global_batch);

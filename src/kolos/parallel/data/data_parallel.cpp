@@ -21,12 +21,19 @@ constexpr int64_t kAlign = 16;  // floats: 64 bytes
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// Elements of this tp rank's piece of the parameter.
+int64_t local_numel(const nn::ParamSpec& spec, int tp) {
+  int64_t n = 1;
+  for (int64_t d : spec.local_shape(tp)) n *= d;
+  return n;
+}
+
 bool in_first_block(const std::string& name) { return name.rfind("h.0.", 0) == 0 || name.rfind("layers.0.", 0) == 0; }
 
 }  // namespace
 
 nlohmann::json ShardReport::to_json() const {
-  return {{"flat_numel", flat_numel}, {"param_numel", param_numel}, {"grad_numel", grad_numel},
+  return {{"flat_numel", flat_numel}, {"param_numel", param_numel}, {"param_elements", param_elements}, {"grad_numel", grad_numel},
           {"optim_numel", optim_numel}, {"optim_states", optim_states}, {"buckets", buckets}};
 }
 
@@ -46,15 +53,22 @@ class DataParallel::ReadyHook : public torch::autograd::FunctionPostHook {
 };
 
 DataParallel::DataParallel(models::Model& model, const Config& config, const Plan& plan,
-                           dist::Comm* dp_comm)
-    : model_(model), config_(config), comm_(dp_comm) {
+                           dist::Comm* dp_comm, dist::Comm* tp_comm)
+    : model_(model), config_(config), comm_(dp_comm), tp_comm_(tp_comm) {
+  if (tp_comm_ && tp_comm_->size() > 1) {
+    tp_ = tp_comm_->size();
+    tp_rank_ = tp_comm_->rank();
+  }
+  KOLOS_ASSERT(model_.sharding().parts == tp_, "the model is sharded {} ways, the tp Comm has {} ranks",
+               model_.sharding().parts, tp_);
   if (comm_ && comm_->size() > 1) {
     dp_ = comm_->size();
     rank_ = comm_->rank();
     zero_ = plan.zero;
   }
   KOLOS_ASSERT(dp_ == plan.dp || dp_ == 1, "the dp Comm has {} ranks, the plan {}", dp_, plan.dp);
-  const auto specs = model_.param_specs();
+  specs_ = model_.param_specs();
+  const auto& specs = specs_;
   build_layout(specs);
 
   const int64_t total = buckets_.empty() ? 0 : buckets_.back().offset + buckets_.back().numel;
@@ -69,7 +83,8 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& slot = slots_[i];
     at::Tensor p = flat_params_.narrow(0, slot.offset, slot.numel).view(slot.shape);
-    p.copy_(nn::init_param(specs[i], config_.train.seed));
+    // Initialised on the global shape; this tp rank keeps its piece.
+    p.copy_(nn::shard_param(nn::init_param(specs[i], config_.train.seed), specs[i], tp_, tp_rank_));
     p.set_requires_grad(true);
     if (zero_ < 2) p.mutable_grad() = flat_grads_.narrow(0, slot.offset, slot.numel).view(slot.shape);
     params_.push_back(p);
@@ -114,6 +129,20 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
       comm_->all_reduce(sums);
     });
   }
+  if (tp_ > 1) {
+    // ... and the tensors split over tp are summed over the tp ranks too (the replicated ones are not).
+    ob.norm_reducers.push_back([this](at::Tensor& sums) {
+      at::Tensor split = sums.clone();
+      for (size_t t = 0; t < specs_.size(); ++t)
+        if (specs_[t].tp_dim < 0) split.narrow(0, 2 * static_cast<int64_t>(t), 2).zero_();
+      dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOptimizer);
+      tp_comm_->all_reduce(split);
+      for (size_t t = 0; t < specs_.size(); ++t)
+        if (specs_[t].tp_dim >= 0) sums.narrow(0, 2 * static_cast<int64_t>(t), 2).copy_(split.narrow(0, 2 * t, 2));
+    });
+  }
+  pieces_ = ob.pieces;
+  grad_buffer_ = ob.grads;
   optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
 }
 
@@ -136,7 +165,7 @@ void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
   int end = n;
   int64_t size = 0;
   for (int i = n - 1; i >= 0; --i) {
-    size += round_up(specs[i].numel(), kAlign);
+    size += round_up(local_numel(specs[i], tp_), kAlign);
     if (size >= cap || i == 0) {
       ranges.emplace_back(i, end);
       end = i;
@@ -159,9 +188,9 @@ void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
                                         : (s.decay || config_.optim.decay_norms_biases);
       // Norms and biases: the specs without decay that are not embeddings.
       const bool adapt = s.decay || s.is_embedding || config_.optim.adapt_norms_biases;
-      slots_[i] = {s.name, pos, s.shape, s.numel(), decay, adapt};
+      slots_[i] = {s.name, pos, s.local_shape(tp_), local_numel(s, tp_), decay, adapt};
       bucket_of_[i] = static_cast<int>(b);
-      pos = round_up(pos + s.numel(), kAlign);
+      pos = round_up(pos + local_numel(s, tp_), kAlign);
     }
     bucket.numel = round_up(pos - offset, kAlign * dp_);
     bucket.shard_offset = shard;
@@ -262,6 +291,24 @@ void DataParallel::end_micro() {
 
 double DataParallel::grad_norm() {
   at::NoGradGuard no_grad;
+  if (tp_ > 1) {
+    // Split tensors summed over the tp ranks, replicated ones counted once; then over the dp shards.
+    at::Tensor sq = at::zeros({2}, at::kDouble);  // [split, replicated]
+    for (const auto& piece : pieces_)
+      sq[specs_[piece.tensor].tp_dim >= 0 ? 0 : 1] += optim::sum_of_squares(grad_buffer_.narrow(0, piece.grad_offset, piece.numel));
+    {
+      dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOptimizer);
+      at::Tensor split = sq.narrow(0, 0, 1).clone();
+      tp_comm_->all_reduce(split);
+      sq[0] = split[0];
+    }
+    at::Tensor total = sq.sum().reshape({1});
+    if (zero_ > 0) {
+      dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
+      comm_->all_reduce(total);
+    }
+    return std::sqrt(total.item<double>());
+  }
   if (zero_ == 0) return std::sqrt(optim::sum_of_squares(flat_grads_));
   double sq = 0;
   if (zero_ == 1) {
@@ -302,9 +349,10 @@ std::vector<std::pair<std::string, at::Tensor>> DataParallel::optimizer_state() 
   for (const auto& [kind, buffer] : optimizer_->state()) flat.push_back(zero_ > 0 ? gather_flat(buffer) : buffer);
   // Parameter by parameter, its state buffers in the optimizer's order.
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& s : slots_)
+  for (size_t i = 0; i < slots_.size(); ++i)
     for (size_t k = 0; k < flat.size(); ++k)
-      out.emplace_back(optimizer_->state()[k].first + "." + s.name, flat[k].narrow(0, s.offset, s.numel).view(s.shape));
+      out.emplace_back(optimizer_->state()[k].first + "." + slots_[i].name,
+                       whole_across_tp(flat[k].narrow(0, slots_[i].offset, slots_[i].numel).view(slots_[i].shape), i));
   return out;
 }
 
@@ -319,10 +367,12 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
       auto it = by_name.find(name);
       KOLOS_CHECK(it != by_name.end(), "optimizer state: tensor {} is missing (optim.name = \"{}\")", name,
                   optimizer_->name());
-      KOLOS_CHECK(it->second.sizes() == at::IntArrayRef(s.shape) && it->second.scalar_type() == at::kFloat,
+      const auto& spec = specs_[&s - slots_.data()];
+      KOLOS_CHECK(it->second.sizes() == at::IntArrayRef(spec.shape) && it->second.scalar_type() == at::kFloat,
                   "optimizer state: tensor {} has shape {} ({}), expected {} (float32)", name,
-                  fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()), fmt::join(s.shape, "x"));
-      full.narrow(0, s.offset, s.numel).copy_(it->second.reshape({-1}));
+                  fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()),
+                  fmt::join(spec.shape, "x"));
+      full.narrow(0, s.offset, s.numel).copy_(nn::shard_param(it->second, spec, tp_, tp_rank_).reshape({-1}));
     }
     at::Tensor target = dst;  // shares the optimizer's buffer
     if (zero_ == 0) {
@@ -335,10 +385,44 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
   optimizer_->set_step_count(step_count);
 }
 
+at::Tensor DataParallel::whole_across_tp(const at::Tensor& piece, size_t param) {
+  const auto& spec = specs_[param];
+  if (tp_ == 1 || spec.tp_dim < 0) return piece;
+  at::Tensor gathered = at::empty({tp_ * piece.numel()}, piece.options());
+  {
+    dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOther);
+    tp_comm_->all_gather(piece.contiguous(), gathered);
+  }
+  std::vector<at::Tensor> pieces;
+  for (int r = 0; r < tp_; ++r) pieces.push_back(gathered.narrow(0, r * piece.numel(), piece.numel()).view(piece.sizes()));
+  return nn::unshard_param(pieces, spec);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> DataParallel::whole_params() {
+  at::NoGradGuard no_grad;
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i) out.emplace_back(specs_[i].name, whole_across_tp(params_[i].detach(), i));
+  return out;
+}
+
+void DataParallel::load_whole_params(const std::map<std::string, at::Tensor>& tensors, const std::string& source) {
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& spec = specs_[i];
+    auto it = tensors.find(spec.name);
+    KOLOS_CHECK(it != tensors.end(), "{} lacks parameter {}", source, spec.name);
+    KOLOS_CHECK(it->second.sizes() == at::IntArrayRef(spec.shape) && it->second.scalar_type() == at::kFloat,
+                "{}: parameter {} has shape {} ({}), expected {} (float32)", source, spec.name,
+                fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()), fmt::join(spec.shape, "x"));
+    params_[i].copy_(nn::shard_param(it->second, spec, tp_, tp_rank_));
+  }
+}
+
 ShardReport DataParallel::report() const {
   ShardReport r;
   r.flat_numel = flat_params_.numel();
   r.param_numel = flat_params_.numel();
+  for (const auto& slot : slots_) r.param_elements += slot.numel;
   r.grad_numel = zero_ == 2 ? grad_shard_.numel() : flat_grads_.numel();
   r.optim_numel = optimizer_->state_numel();
   r.optim_states = static_cast<int64_t>(optimizer_->state().size());

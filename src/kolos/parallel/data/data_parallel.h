@@ -32,6 +32,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,6 +58,7 @@ struct Bucket {
 struct ShardReport {
   int64_t flat_numel = 0;   // the whole padded layout
   int64_t param_numel = 0;  // parameter storage on this rank
+  int64_t param_elements = 0;  // parameter elements (this tp rank's pieces, without the layout's padding)
   int64_t grad_numel = 0;   // persistent gradient storage
   int64_t optim_numel = 0;  // optimizer state (all its buffers)
   int64_t optim_states = 0; // optimizer state buffers (adamw, lamb: 2; sgd, lars: 1, 0 without momentum; lion: 1)
@@ -71,7 +73,10 @@ class DataParallel {
   // Allocates the buffers, initialises every parameter from (config.train.seed, name) on its global shape, binds
   // them to `model`, registers the hooks and builds the optimizer. `dp_comm` is the dp axis (null or size 1: one
   // data-parallel rank, nothing communicated). With one rank, zero is ignored (nothing to shard).
-  DataParallel(models::Model& model, const Config& config, const Plan& plan, dist::Comm* dp_comm);
+  // `tp_comm`: the tensor-parallel group (null or size 1: none); the model's sharding must match it, and each
+  // parameter is then this tp rank's piece (ParamSpec::local_shape).
+  DataParallel(models::Model& model, const Config& config, const Plan& plan, dist::Comm* dp_comm,
+               dist::Comm* tp_comm = nullptr);
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
@@ -95,6 +100,11 @@ class DataParallel {
   // shard). InputError naming a missing or mis-shaped tensor; tensors of other state names are ignored.
   void load_optimizer_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors, int64_t step_count);
   int64_t optimizer_steps() const { return optimizer_->step_count(); }
+  // The parameters as whole tensors (collective over tp: every tp rank must call it), named as in the model.
+  std::vector<std::pair<std::string, at::Tensor>> whole_params();
+  // Sets every parameter from whole tensors (this rank keeps its piece); InputError naming `source` and the
+  // missing or mis-shaped tensor.
+  void load_whole_params(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
   const optim::Optimizer& optimizer() const { return *optimizer_; }
 
   int zero() const { return zero_; }
@@ -122,11 +132,17 @@ class DataParallel {
   int64_t chunk_offset(const Bucket& b) const { return b.offset + rank_ * (b.numel / dp_); }
   // Whole flat buffer ← the dp ranks' shards (collective).
   at::Tensor gather_flat(const at::Tensor& shard);
+  // Parameter `param`'s whole tensor from this tp rank's piece (collective over tp for split parameters).
+  at::Tensor whole_across_tp(const at::Tensor& piece, size_t param);
 
   models::Model& model_;
   Config config_;
   dist::Comm* comm_ = nullptr;  // not owned: the mesh outlives this
-  int dp_ = 1, rank_ = 0, zero_ = 0;
+  dist::Comm* tp_comm_ = nullptr;
+  int dp_ = 1, rank_ = 0, zero_ = 0, tp_ = 1, tp_rank_ = 0;
+  std::vector<nn::ParamSpec> specs_;
+  std::vector<optim::Piece> pieces_;  // the optimizer's (gradient offsets in grad_buffer_)
+  at::Tensor grad_buffer_;
   std::vector<optim::FlatSlot> slots_;
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_;   // per parameter
