@@ -25,28 +25,10 @@ namespace {
 
 nlohmann::json verify(const std::string& layouts, const std::string& out, int expected_exit = 0,
                       std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"verify", "--layouts", layouts, "--out", out};
-  args.insert(args.end(), extra.begin(), extra.end());
-  auto r = test::run_kolos(args);
-  EXPECT_EQ(r.exit_code, expected_exit) << r.output;
-  const std::string line = test::last_json_line(r.output);
-  if (line.empty()) {
-    ADD_FAILURE() << "no JSON line:\n" << r.output;
-    return nlohmann::json::object();
-  }
-  return nlohmann::json::parse(line);
+  return test::run_verify(layouts, out, expected_exit, extra);
 }
 
-void expect_all_ok(const nlohmann::json& j, size_t layouts) {
-  ASSERT_EQ(j["layouts"].size(), layouts) << j.dump(1);
-  for (const auto& l : j["layouts"]) {
-    EXPECT_TRUE(l["ok"].get<bool>()) << l.dump();
-    EXPECT_LE(l["loss_rel"].get<double>(), 1e-5) << l.dump();
-    EXPECT_LE(l["param_rel"].get<double>(), 1e-5) << l.dump();
-    EXPECT_EQ(l["shards"], "ok") << l.dump();
-    EXPECT_EQ(l["ops"], "ok") << l.dump();
-  }
-}
+void expect_all_ok(const nlohmann::json& j, size_t layouts) { test::expect_layouts_ok(j, layouts); }
 
 TEST(DataParallelParity, TwoRanksZero012WithAndWithoutAccumulation) {
   test::TempDir dir("parity_dp2");

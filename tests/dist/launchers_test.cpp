@@ -166,4 +166,30 @@ TEST(Launchers, SlurmVariablesTwoRanksMatchOneProcess) {
 }
 
 }  // namespace
+
+nlohmann::json run_verify(const std::string& layouts, const std::string& out, int expected_exit,
+                          const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"verify", "--layouts", layouts, "--out", out};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto r = run_kolos(args);
+  EXPECT_EQ(r.exit_code, expected_exit) << r.output;
+  const std::string line = last_json_line(r.output);
+  if (line.empty()) {
+    ADD_FAILURE() << "no JSON line:\n" << r.output;
+    return nlohmann::json::object();
+  }
+  return nlohmann::json::parse(line);
+}
+
+void expect_layouts_ok(const nlohmann::json& result, size_t layouts, double param_tolerance) {
+  ASSERT_EQ(result["layouts"].size(), layouts) << result.dump(1);
+  for (const auto& l : result["layouts"]) {
+    EXPECT_TRUE(l["ok"].get<bool>()) << l.dump();
+    EXPECT_LE(l["loss_rel"].get<double>(), 1e-5) << l.dump();
+    EXPECT_LE(l["param_rel"].get<double>(), param_tolerance) << l.dump();
+    EXPECT_EQ(l["shards"], "ok") << l.dump();
+    EXPECT_EQ(l["ops"], "ok") << l.dump();
+  }
+}
+
 }  // namespace kolos::test

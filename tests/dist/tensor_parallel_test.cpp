@@ -11,34 +11,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/dist/train_runs.h"
 #include "tests/support.h"
 
 namespace kolos {
 namespace {
 
 nlohmann::json verify(const std::string& layouts, const std::string& out, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"verify", "--layouts", layouts, "--out", out, "--tolerance", "1e-4"};
-  args.insert(args.end(), extra.begin(), extra.end());
-  auto r = test::run_kolos(args);
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  const std::string line = test::last_json_line(r.output);
-  if (line.empty()) {
-    ADD_FAILURE() << "no JSON line:\n" << r.output;
-    return nlohmann::json::object();
-  }
-  return nlohmann::json::parse(line);
+  extra.insert(extra.end(), {"--tolerance", "1e-4"});
+  return test::run_verify(layouts, out, 0, extra);
 }
 
-void expect_parity(const nlohmann::json& j, size_t layouts) {
-  ASSERT_EQ(j["layouts"].size(), layouts) << j.dump(1);
-  for (const auto& l : j["layouts"]) {
-    EXPECT_TRUE(l["ok"].get<bool>()) << l.dump();
-    EXPECT_LE(l["loss_rel"].get<double>(), 1e-5) << l.dump();
-    EXPECT_LE(l["param_rel"].get<double>(), 1e-4) << l.dump();
-    EXPECT_EQ(l["shards"], "ok") << l.dump();
-    EXPECT_EQ(l["ops"], "ok") << l.dump();
-  }
-}
+void expect_parity(const nlohmann::json& j, size_t layouts) { test::expect_layouts_ok(j, layouts, 1e-4); }
 
 TEST(TensorParallelParity, GptTp2Tp4AndDp2Tp2WithZero) {
   test::TempDir dir("parity_tp");

@@ -1,5 +1,5 @@
 // Helpers for tests that train the parity model under a launcher and compare with one process (defined in
-// launchers_test.cpp; used by faults_test.cpp, netns_test.cpp and data_parallel_test.cpp).
+// launchers_test.cpp; used by faults_test.cpp, netns_test.cpp, data_parallel_test.cpp and tensor_parallel_test.cpp).
 #pragma once
 
 #include <string>
@@ -20,5 +20,11 @@ std::vector<double> one_process_losses(const std::string& out, int batch_size, i
 void expect_losses_match(const std::string& run_dir, const std::vector<double>& reference);
 // RUN_DIR/ranks/rank_R.json says the rank joined a world of `world`.
 void expect_rank_joined(const std::string& run_dir, int rank, int world);
+// Runs `kolos verify --layouts LAYOUTS --out OUT EXTRA...`, expects `expected_exit`, returns its JSON line.
+nlohmann::json run_verify(const std::string& layouts, const std::string& out, int expected_exit = 0,
+                          const std::vector<std::string>& extra = {});
+// Every layout of a verify result is ok, its shards and op counts too, the loss within 1e-5 and the parameters
+// within `param_tolerance`.
+void expect_layouts_ok(const nlohmann::json& result, size_t layouts, double param_tolerance = 1e-5);
 
 }  // namespace kolos::test
