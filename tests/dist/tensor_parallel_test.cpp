@@ -1,6 +1,7 @@
 // Tensor parallelism (1D) trained end to end across processes (kolos run over loopback) against one process, through
 // `kolos verify` on the parity model (vocabulary 261: not divisible by tp, so the padding is exercised): tp = 2 and 4,
-// dp 2 × tp 2 with ZeRO 0/1/2 (and accumulation), LLaMA with grouped-query attention at tp 2. Each rank's report
+// dp 2 × tp 2 with ZeRO 0/1/2 (and accumulation), Megatron-SP (tp 2, dp 2 × tp 2), LLaMA with grouped-query
+// attention at tp 2 with and without Megatron-SP. Each rank's report
 // holds its Plan's share; checkpoints hold whole tensors (gathered over tp) which verify compares with one process.
 //
 // Losses meet DESIGN's 1e-5 at every step. The final parameters are compared at 1e-4 here, not DESIGN's 1e-5: after
@@ -29,12 +30,18 @@ TEST(TensorParallelParity, GptTp2Tp4AndDp2Tp2WithZero) {
   expect_parity(verify("tp=2;tp=4;dp=2,tp=2;dp=2,tp=2,zero=1;dp=2,tp=2,zero=2,grad_accum=2", dir.path()), 5);
 }
 
+// Megatron-SP: the blocks work on slices of the sequence; the norms' and row biases' gradients are summed over tp.
+TEST(TensorParallelParity, MegatronSequenceParallel) {
+  test::TempDir dir("parity_tp_msp");
+  expect_parity(verify("tp=2,megatron_sp=true;dp=2,tp=2,megatron_sp=true,zero=1", dir.path()), 2);
+}
+
 TEST(TensorParallelParity, LlamaWithGroupedQueryAttention) {
   test::TempDir dir("parity_tp_llama");
-  expect_parity(verify("tp=2", dir.path(),
+  expect_parity(verify("tp=2;tp=2,megatron_sp=true", dir.path(),
                        {"--set", "model.arch=llama", "--set", "model.kv_heads=4", "--set",
                         "model.tie_embeddings=false"}),
-                1);
+                2);
 }
 
 }  // namespace

@@ -45,8 +45,7 @@ TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
   for (const auto& [set, key] : std::vector<std::pair<std::string, std::string>>{
            {"parallel.sp=2", "parallel.sp"},
            {"parallel.pp=2", "parallel.pp"},
-           {"parallel.zero=3", "parallel.zero"},
-           {"parallel.megatron_sp=true", "parallel.megatron_sp"}}) {
+           {"parallel.zero=3", "parallel.zero"}}) {
     const std::string e = plan_error({set}, 2);
     EXPECT_NE(e.find(key), std::string::npos) << set << ": " << e;
     EXPECT_NE(e.find("not yet supported"), std::string::npos) << set << ": " << e;
@@ -65,6 +64,12 @@ TEST(Plan, TensorParallelRulesNameTheDimension) {
   EXPECT_NE(e.find("key/value heads"), std::string::npos) << e;
   e = plan_error({"parallel.tp=2", "model.ffn_hidden=255"}, 2);
   EXPECT_NE(e.find("model.ffn_hidden = 255"), std::string::npos) << e;
+  // Megatron-SP splits the sequence over tp.
+  e = plan_error({"parallel.megatron_sp=true"}, 2);
+  EXPECT_NE(e.find("parallel.tp > 1"), std::string::npos) << e;
+  e = plan_error({"parallel.tp=2", "parallel.megatron_sp=true", "model.seq_len=33"}, 2);
+  EXPECT_NE(e.find("model.seq_len = 33"), std::string::npos) << e;
+  EXPECT_TRUE(parallel::make_plan(parity({"parallel.tp=2", "parallel.megatron_sp=true"}, 2), 2).megatron_sp);
 }
 
 TEST(Plan, ZeroWithOneRankIsAccepted) {

@@ -7,10 +7,9 @@ namespace kolos::parallel {
 
 namespace {
 
-// Slot 1: tensor sharding (1D; sequence parallelism on the sp axis and Megatron-SP still refused by make_plan).
+// Slot 1: tensor sharding (1D, with Megatron-SP; sequence parallelism on the sp axis is still refused by make_plan).
 void apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh) {
-  KOLOS_CHECK(plan.sp == 1 && !plan.megatron_sp,
-              "parallel.sp / parallel.megatron_sp: sequence parallelism does not train yet");
+  KOLOS_CHECK(plan.sp == 1, "parallel.sp: sequence parallelism on the sp axis does not train yet");
   if (plan.tp == 1) return;
   KOLOS_ASSERT(mesh, "tensor parallelism without a mesh");
   model.set_sharding(tensor::tensor_parallel_1d(mesh->comm("tp"), config.model.vocab, plan.megatron_sp));

@@ -72,7 +72,15 @@ Plan make_plan(const Config& config, int world_size) {
   }
   // Slots of later issues.
   KOLOS_CHECK(plan.sp == 1, "parallel.sp = {}: sequence parallelism is not yet supported (issue 5); use 1", plan.sp);
-  KOLOS_CHECK(!plan.megatron_sp, "parallel.megatron_sp = true: not yet supported (issue 5); use false");
+  if (plan.megatron_sp) {
+    KOLOS_CHECK(plan.tp > 1, "parallel.megatron_sp = true splits the sequence over the tp ranks: it needs parallel.tp "
+                             "> 1, got {}",
+                plan.tp);
+    KOLOS_CHECK(config.model.seq_len % plan.tp == 0,
+                "parallel.megatron_sp = true: model.seq_len = {} must be divisible by parallel.tp = {} (each tp rank "
+                "keeps an equal slice of the sequence)",
+                config.model.seq_len, plan.tp);
+  }
   KOLOS_CHECK(plan.pp == 1, "parallel.pp = {}: pipeline parallelism is not yet supported (issue 6); use 1", plan.pp);
   KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported (issue 4); use 0, 1 or 2",
               plan.zero);

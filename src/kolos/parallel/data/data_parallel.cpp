@@ -143,6 +143,7 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
   }
   pieces_ = ob.pieces;
   grad_buffer_ = ob.grads;
+  sequence_sliced_ = tp_ > 1 && plan.megatron_sp;
   optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
 }
 
@@ -213,6 +214,7 @@ void DataParallel::begin_micro(int64_t micro, int64_t num_micro) {
   // Reduce on the last micro-step only, except at zero 2 (every micro-step: gradients stay sharded). One rank:
   // never (nothing to reduce) — but the hooks still run so the readiness trace works the same.
   armed_ = zero_ == 2 || micro == num_micro - 1;
+  last_micro_ = micro == num_micro - 1;
   pending_params_.assign(buckets_.size(), 0);
   for (size_t b = 0; b < buckets_.size(); ++b) pending_params_[b] = buckets_[b].end_param - buckets_[b].first_param;
   param_ready_.assign(params_.size(), false);
@@ -287,6 +289,27 @@ void DataParallel::end_micro() {
     if (p.result.defined()) grad_shard_.narrow(0, p.shard_offset, p.result.numel()).add_(p.result);
   }
   in_flight_.clear();
+  if (last_micro_ && sequence_sliced_) reduce_sequence_sliced();
+}
+
+void DataParallel::reduce_sequence_sliced() {
+  // Megatron-SP: each tp rank applied these parameters to its slice of the sequence only. The tp ranks hold the
+  // same layout, so the same pieces of the optimizer's gradient buffer: one all-reduce of all of them.
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> parts;
+  for (const auto& piece : pieces_)
+    if (specs_[piece.tensor].sequence_sliced) parts.push_back(grad_buffer_.narrow(0, piece.grad_offset, piece.numel));
+  if (parts.empty()) return;
+  at::Tensor packed = at::cat(parts);
+  {
+    dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kBackward);
+    tp_comm_->all_reduce(packed);
+  }
+  int64_t at = 0;
+  for (auto& part : parts) {
+    part.copy_(packed.narrow(0, at, part.numel()));
+    at += part.numel();
+  }
 }
 
 double DataParallel::grad_norm() {

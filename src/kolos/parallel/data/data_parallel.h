@@ -143,6 +143,9 @@ class DataParallel {
   std::vector<nn::ParamSpec> specs_;
   std::vector<optim::Piece> pieces_;  // the optimizer's (gradient offsets in grad_buffer_)
   at::Tensor grad_buffer_;
+  bool sequence_sliced_ = false;  // Megatron-SP: sum the sequence_sliced parameters' gradients over tp
+  bool last_micro_ = false;
+  void reduce_sequence_sliced();
   std::vector<optim::FlatSlot> slots_;
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_;   // per parameter
