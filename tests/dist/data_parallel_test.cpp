@@ -83,9 +83,9 @@ TEST(Verify, OutOfToleranceIsExit4AndBadLayoutsExit2) {
   r = test::run_kolos({"verify", "--layouts", "dp=2,colour=blue", "--out", dir / "c"});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("colour"), std::string::npos) << r.output;
-  r = test::run_kolos({"verify", "--layouts", "sp=2", "--out", dir / "d"});
+  r = test::run_kolos({"verify", "--layouts", "pp=2", "--out", dir / "d"});
   EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("parallel.sp"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("parallel.pp"), std::string::npos) << r.output;
 }
 
 // Trains the parity model for `steps` under kolos run; returns metrics.jsonl's step records.

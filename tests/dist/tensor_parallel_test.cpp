@@ -1,4 +1,4 @@
-// Tensor parallelism (1D) trained end to end across processes (kolos run over loopback) against one process, through
+// Tensor parallelism (1D) and sequence parallelism trained end to end across processes (kolos run over loopback) against one process, through
 // `kolos verify` on the parity model (vocabulary 261: not divisible by tp, so the padding is exercised): tp = 2 and 4,
 // dp 2 × tp 2 with ZeRO 0/1/2 (and accumulation), Megatron-SP (tp 2, dp 2 × tp 2), LLaMA with grouped-query
 // attention at tp 2 with and without Megatron-SP. Each rank's report
@@ -34,6 +34,13 @@ TEST(TensorParallelParity, GptTp2Tp4AndDp2Tp2WithZero) {
 TEST(TensorParallelParity, MegatronSequenceParallel) {
   test::TempDir dir("parity_tp_msp");
   expect_parity(verify("tp=2,megatron_sp=true;dp=2,tp=2,megatron_sp=true,zero=1", dir.path()), 2);
+}
+
+// Sequence parallelism on the sp axis: ring (zig-zag) and Ulysses, with dp and with tp; gradients averaged and ZeRO
+// sharded over dp × sp (the rank reports' data axis), which verify's op counts follow.
+TEST(SequenceParallelParity, RingAndUlyssesWithDpAndTp) {
+  test::TempDir dir("parity_sp");
+  expect_parity(verify("sp=2;sp=2,sp_mode=ulysses;dp=2,sp=2,zero=1;sp=2,sp_mode=ulysses,tp=2", dir.path()), 4);
 }
 
 TEST(TensorParallelParity, LlamaWithGroupedQueryAttention) {

@@ -43,7 +43,6 @@ TEST(Plan, DegreesMustMultiplyToTheWorldSize) {
 
 TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
   for (const auto& [set, key] : std::vector<std::pair<std::string, std::string>>{
-           {"parallel.sp=2", "parallel.sp"},
            {"parallel.pp=2", "parallel.pp"},
            {"parallel.zero=3", "parallel.zero"}}) {
     const std::string e = plan_error({set}, 2);
@@ -70,6 +69,15 @@ TEST(Plan, TensorParallelRulesNameTheDimension) {
   e = plan_error({"parallel.tp=2", "parallel.megatron_sp=true", "model.seq_len=33"}, 2);
   EXPECT_NE(e.find("model.seq_len = 33"), std::string::npos) << e;
   EXPECT_TRUE(parallel::make_plan(parity({"parallel.tp=2", "parallel.megatron_sp=true"}, 2), 2).megatron_sp);
+}
+
+// Sequence parallelism: ring needs the sequence in 2·sp equal chunks, Ulysses whole heads per sp rank.
+TEST(Plan, SequenceParallelRulesNameTheSequenceAndHeads) {
+  EXPECT_EQ(parallel::make_plan(parity({"parallel.sp=2"}, 2), 2).describe(), "sp=2 (ring)");
+  std::string e = plan_error({"parallel.sp=2", "model.seq_len=30"}, 2);
+  EXPECT_NE(e.find("2·sp = 4"), std::string::npos) << e;
+  e = plan_error({"parallel.sp=4", "parallel.sp_mode=ulysses", "model.heads=2", "model.hidden=64"}, 4);
+  EXPECT_NE(e.find("heads of each tp rank"), std::string::npos) << e;
 }
 
 TEST(Plan, ZeroWithOneRankIsAccepted) {

@@ -1,18 +1,21 @@
 #include "kolos/parallel/apply.h"
 
 #include "kolos/core/error.h"
+#include "kolos/parallel/sequence/sequence.h"
 #include "kolos/parallel/tensor/tp1d.h"
 
 namespace kolos::parallel {
 
 namespace {
 
-// Slot 1: tensor sharding (1D, with Megatron-SP; sequence parallelism on the sp axis is still refused by make_plan).
+// Slot 1: tensor sharding (1D, with Megatron-SP) and sequence parallelism on the sp axis (ring, Ulysses).
 void apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh) {
-  KOLOS_CHECK(plan.sp == 1, "parallel.sp: sequence parallelism on the sp axis does not train yet");
-  if (plan.tp == 1) return;
-  KOLOS_ASSERT(mesh, "tensor parallelism without a mesh");
-  model.set_sharding(tensor::tensor_parallel_1d(mesh->comm("tp"), config.model.vocab, plan.megatron_sp));
+  if (plan.tp == 1 && plan.sp == 1) return;
+  KOLOS_ASSERT(mesh, "tensor or sequence parallelism without a mesh");
+  nn::Sharding sharding;
+  if (plan.tp > 1) sharding = tensor::tensor_parallel_1d(mesh->comm("tp"), config.model.vocab, plan.megatron_sp);
+  if (plan.sp > 1) sequence::add_sequence_parallel(sharding, mesh->comm("sp"), plan.sp_mode);
+  model.set_sharding(std::move(sharding));
 }
 
 // Slot 2 (issue 7): activation checkpointing.
@@ -31,7 +34,8 @@ void apply_pipeline(models::Model& /*model*/, const Plan& plan) {
 std::unique_ptr<DataParallel> apply_data_parallel(models::Model& model, const Config& config, const Plan& plan,
                                                   const dist::Mesh* mesh) {
   KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported", plan.zero);
-  dist::Comm* dp = mesh ? &mesh->comm("dp") : nullptr;
+  // Gradients are averaged (and ZeRO shards) over every rank that trains on other tokens: dp × sp.
+  dist::Comm* dp = mesh ? &mesh->data() : nullptr;
   dist::Comm* tp = mesh ? &mesh->comm("tp") : nullptr;
   return std::make_unique<DataParallel>(model, config, plan, dp, tp);
 }

@@ -1,7 +1,7 @@
 // parallel::apply — the one entry that parallelises a model written as single-device code (DESIGN "Model once,
 // parallelised from outside"). It applies, in this fixed order, one slot per technique:
-//   1. tensor / sequence sharding: the model's nn::Sharding (1D tensor parallelism now; the sp axis and
-//      Megatron-SP are built and tested at the model level, not yet trained: refused)
+//   1. tensor / sequence sharding: the model's nn::Sharding (1D tensor parallelism with Megatron-SP; ring or
+//      Ulysses attention on the sp axis)
 //   2. activation checkpointing                                                           (issue 7; refused now)
 //   3. pipeline split                                                                     (issue 6; refused now)
 //   4. data parallel, ZeRO-1/2 (parallel/data/data_parallel.h); ZeRO-3 chunks             (issue 4; refused now)

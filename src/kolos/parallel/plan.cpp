@@ -71,7 +71,27 @@ Plan make_plan(const Config& config, int world_size) {
                 plan.tp, m.ffn_hidden);
   }
   // Slots of later issues.
-  KOLOS_CHECK(plan.sp == 1, "parallel.sp = {}: sequence parallelism is not yet supported (issue 5); use 1", plan.sp);
+  if (plan.sp > 1) {
+    const auto& m = config.model;
+    KOLOS_CHECK(plan.sp_mode == "ring" || plan.sp_mode == "ulysses",
+                "parallel.sp_mode = \"{}\": expected \"ring\" or \"ulysses\"", plan.sp_mode);
+    if (plan.sp_mode == "ring") {
+      KOLOS_CHECK(m.seq_len % (2 * plan.sp) == 0,
+                  "parallel.sp = {} with sp_mode \"ring\": model.seq_len = {} must be divisible by 2·sp = {} (the "
+                  "zig-zag assignment gives each rank two equal chunks)",
+                  plan.sp, m.seq_len, 2 * plan.sp);
+    } else {
+      KOLOS_CHECK(m.seq_len % plan.sp == 0, "parallel.sp = {}: model.seq_len = {} must be divisible by sp", plan.sp,
+                  m.seq_len);
+      KOLOS_CHECK((m.heads / plan.tp) % plan.sp == 0,
+                  "parallel.sp = {} with sp_mode \"ulysses\": the {} heads of each tp rank (model.heads / tp) must be "
+                  "divisible by sp (attention runs on whole heads)",
+                  plan.sp, m.heads / plan.tp);
+    }
+    KOLOS_CHECK(!plan.megatron_sp || (m.seq_len / plan.sp) % plan.tp == 0,
+                "parallel.megatron_sp with sp = {}: each sp rank's {} tokens must be divisible by tp = {}", plan.sp,
+                m.seq_len / plan.sp, plan.tp);
+  }
   if (plan.megatron_sp) {
     KOLOS_CHECK(plan.tp > 1, "parallel.megatron_sp = true splits the sequence over the tp ranks: it needs parallel.tp "
                              "> 1, got {}",

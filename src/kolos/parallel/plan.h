@@ -4,8 +4,11 @@
 // make_plan() fails with kolos::InputError (exit 2) naming the bad key, its value and the rule it breaks:
 //   - pp × dp × sp × tp must equal the world size; parallel.dp = 0 derives dp = world / (pp · sp · tp), which must
 //     be a whole number;
-//   - a mode whose issue has not landed yet (tp > 1, sp > 1, pp > 1, megatron_sp, zero = 3) is "not yet
-//     supported" — each later issue lifts exactly its own rule;
+//   - tensor parallelism (1d): heads, key/value heads and model.ffn_hidden divisible by tp; megatron_sp needs
+//     tp > 1 and the sequence (per sp rank) divisible by tp; sp: ring needs the sequence divisible by 2·sp,
+//     ulysses by sp and the heads per tp rank by sp;
+//   - a mode whose issue has not landed yet (tp_mode 2d/2.5d/3d, pp > 1, zero = 3) is "not yet supported" — each
+//     later issue lifts exactly its own rule;
 //   - parallel.zero > 0 needs dp > 1 to shard anything: with dp = 1 it is accepted and behaves as zero = 0.
 // The Plan is a value: every rank computes the same one from the same config and world size.
 #pragma once

@@ -130,7 +130,9 @@ void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps
     const auto j = nlohmann::json::parse(in, nullptr, false);
     const auto& held = j["held"];
     const int64_t flat = held["flat_numel"], buckets = held["buckets"];
-    const int dp = j["dp"];
+    // The ranks that train on other tokens (dp × sp) average gradients and share the ZeRO shards, on data_axis.
+    const int dp = j.value("data_ranks", j["dp"].get<int>());
+    const std::string axis = j.value("data_axis", std::string("dp"));
     const int zero = dp > 1 ? layout.zero : 0;
     const int64_t want_optim = zero >= 1 ? states * flat / dp : states * flat;
     const int64_t want_grad = zero == 2 ? flat / dp : flat;
@@ -148,8 +150,8 @@ void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps
     if (dp == 1) continue;
     auto calls = [&](const char* op, const char* phase) -> int64_t {
       const auto& c = j["comm"];
-      if (!c.contains("dp") || !c["dp"].contains(op) || !c["dp"][op].contains(phase)) return 0;
-      return c["dp"][op][phase]["calls"].get<int64_t>();
+      if (!c.contains(axis) || !c[axis].contains(op) || !c[axis][op].contains(phase)) return 0;
+      return c[axis][op][phase]["calls"].get<int64_t>();
     };
     const int64_t micro = zero == 2 ? layout.grad_accum : 1;
     const std::map<std::pair<std::string, std::string>, int64_t> want = {
@@ -160,7 +162,7 @@ void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps
     for (const auto& [key, n] : want) {
       const int64_t got = calls(key.first.c_str(), key.second.c_str());
       if (got != n) {
-        out.ops = fmt::format("rank {}: {} dp {} in {}, expected {}", r, got, key.first, key.second, n);
+        out.ops = fmt::format("rank {}: {} {} {} in {}, expected {}", r, got, axis, key.first, key.second, n);
         out.ok = false;
       }
     }

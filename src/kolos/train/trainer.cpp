@@ -21,6 +21,7 @@
 #include "kolos/nn/param.h"
 #include "kolos/optim/optimizer.h"
 #include "kolos/optim/schedule.h"
+#include "kolos/parallel/sequence/sequence.h"
 #include "kolos/train/gemm_bench.h"
 #include "kolos/train/generate.h"
 #include "kolos/train/metrics.h"
@@ -93,8 +94,15 @@ Trainer::~Trainer() {
   par_.data.reset();  // waits for its collectives before the mesh goes
 }
 
-void Trainer::all_reduce_dp(at::Tensor& values, dist::ReduceOp op) {
-  if (mesh_ && plan_.dp > 1) mesh_->comm("dp").all_reduce(values, op);
+void Trainer::all_reduce_data(at::Tensor& values, dist::ReduceOp op) {
+  if (mesh_ && plan_.dp * plan_.sp > 1) mesh_->data().all_reduce(values, op);
+}
+
+data::Batch Trainer::sequence_slice(const data::Batch& batch) const {
+  if (plan_.sp == 1) return batch;
+  const at::Tensor pos =
+      parallel::sequence::sequence_positions(plan_.sp_mode, batch.input.size(1), plan_.sp, mesh_->coord("sp"));
+  return {batch.input.index_select(1, pos), batch.target.index_select(1, pos)};
 }
 
 void Trainer::all_reduce_world(at::Tensor& values, dist::ReduceOp op) {
@@ -118,6 +126,8 @@ StepResult Trainer::train_step(int64_t step) {
   // 1. Fetch this rank's micro-batches (the sampler fixes them from (seed, step, dp rank)).
   std::vector<data::Batch> micro;
   for (int64_t k = 0; k < accum; ++k) micro.push_back(loader_->train_batch(step, k));
+  for (const auto& b : micro) r.tokens += b.input.numel() * plan_.dp;
+  for (auto& b : micro) b = sequence_slice(b);
 
   // 2. Forward and backward per micro-batch; the hooks launch the bucket reductions during backward.
   // 3. end_micro() waits for them.
@@ -139,10 +149,9 @@ StepResult Trainer::train_step(int64_t step) {
       r.backward_end = std::chrono::steady_clock::now();
       dp.end_micro();
     }
-    r.tokens += b.input.numel() * plan_.dp;
   }
   at::Tensor loss_t = at::full({1}, loss_sum / static_cast<double>(accum), at::kDouble);
-  all_reduce_dp(loss_t, dist::ReduceOp::kAvg);
+  all_reduce_data(loss_t, dist::ReduceOp::kAvg);  // sp ranks: means over equal numbers of tokens
   r.loss = loss_t.item<double>();
   r.fwd_bwd_ms = step_timer.ms();
 
@@ -171,14 +180,14 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
   const int64_t rank = dp_rank();
   double nll = 0, tokens = 0;
   for (int64_t i = rank; i < n; i += plan_.dp) {
-    data::Batch b = loader_->val_batch(i);
+    data::Batch b = sequence_slice(loader_->val_batch(i));
     at::Tensor loss = model_->loss(b.input, b.target);
     nll += loss.item<double>() * static_cast<double>(b.target.numel());
     tokens += static_cast<double>(b.target.numel());
   }
   model_->set_training(true);
   at::Tensor sums = at::tensor({nll, tokens}, at::kDouble);
-  all_reduce_dp(sums, dist::ReduceOp::kSum);
+  all_reduce_data(sums, dist::ReduceOp::kSum);
   const double val_loss = sums[0].item<double>() / sums[1].item<double>();
   const double bpb = val_loss / std::log(2.0) / loader_->val_bytes_per_token();
   return {val_loss, bpb};
@@ -281,6 +290,8 @@ void Trainer::write_rank_report() {
                            {"world_size", env_.world_size},
                            {"layout", plan_.describe()},
                            {"dp", plan_.dp},
+                           {"data_ranks", par_.data->dp()},  // dp × sp: gradients averaged, ZeRO sharded over them
+                           {"data_axis", plan_.sp > 1 ? "dp_sp" : "dp"},
                            {"zero", par_.data->zero()},
                            {"dp_rank", dp_rank()},
                            {"params", model_->num_params()},
@@ -445,10 +456,12 @@ nlohmann::json Trainer::train() {
     }
     progress.message(fmt::format("final: val_loss {:.4f}, val_bpb {:.4f}", vl, bpb));
   }
-  // Sampling runs the model on rank 0 alone: not with tensor parallelism, whose forward needs every tp rank.
-  if (finished && t.sample_tokens > 0 && !config_.data.synthetic && plan_.tp > 1 && rank0)
-    progress.message("sample: skipped (not yet supported with tensor parallelism)");
-  if (finished && t.sample_tokens > 0 && !config_.data.synthetic && plan_.tp == 1 && rank0) {
+  // Sampling runs the model on rank 0 alone: not with tensor or sequence parallelism, whose forward needs every
+  // rank of the group.
+  const bool split_model = plan_.tp > 1 || plan_.sp > 1;
+  if (finished && t.sample_tokens > 0 && !config_.data.synthetic && split_model && rank0)
+    progress.message("sample: skipped (not yet supported with tensor or sequence parallelism)");
+  if (finished && t.sample_tokens > 0 && !config_.data.synthetic && !split_model && rank0) {
     auto tokenizer = data::load_tokenizer(config_.data.path);
     SampleOptions so;
     so.tokens = t.sample_tokens;

@@ -84,8 +84,12 @@ class Trainer {
   void seed_rng(int64_t step);
   dist::Ledger& ledger() { return *ledger_; }
   int dp_rank() const { return mesh_ ? mesh_->coord("dp") : 0; }
-  // Sum (or max) of `values` over the dp group / the world; identity on one process.
-  void all_reduce_dp(at::Tensor& values, dist::ReduceOp op);
+  // Sum (or max) of `values` over the ranks that train on different tokens (dp × sp) / the world; identity on one
+  // process.
+  void all_reduce_data(at::Tensor& values, dist::ReduceOp op);
+  // This rank's part of a batch: under sequence parallelism its tokens of every sequence (the sp mode's
+  // positions); else the batch itself.
+  data::Batch sequence_slice(const data::Batch& batch) const;
   void all_reduce_world(at::Tensor& values, dist::ReduceOp op);
   nlohmann::json comm_trace(const StepResult& r) const;
   void write_rank_report();

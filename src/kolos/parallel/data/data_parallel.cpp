@@ -66,7 +66,8 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     rank_ = comm_->rank();
     zero_ = plan.zero;
   }
-  KOLOS_ASSERT(dp_ == plan.dp || dp_ == 1, "the dp Comm has {} ranks, the plan {}", dp_, plan.dp);
+  KOLOS_ASSERT(dp_ == plan.dp * plan.sp || dp_ == 1, "the data Comm has {} ranks, the plan dp × sp = {} × {}", dp_,
+               plan.dp, plan.sp);
   specs_ = model_.param_specs();
   const auto& specs = specs_;
   build_layout(specs);
