@@ -43,6 +43,19 @@ TEST(SequenceParallelParity, RingAndUlyssesWithDpAndTp) {
   expect_parity(verify("sp=2;sp=2,sp_mode=ulysses;dp=2,sp=2,zero=1;sp=2,sp_mode=ulysses,tp=2", dir.path()), 4);
 }
 
+// LARS and LAMB need whole-tensor norms: the pieces of a tp-split tensor sum their squared norms over tp (and over
+// dp at ZeRO-1). These meet DESIGN's 1e-5 for the parameters too.
+TEST(TensorParallelParity, LarsAndLambWithWholeTensorNorms) {
+  test::TempDir dir("parity_tp_lars");
+  test::expect_layouts_ok(test::run_verify("tp=2;dp=2,tp=2,zero=1", dir / "lars", 0,
+                                           {"--set", "optim.name=lars", "--set", "optim.lr=1.0", "--set",
+                                            "optim.trust_coefficient=0.01", "--set", "optim.weight_decay=1e-3"}),
+                          2);
+  test::expect_layouts_ok(
+      test::run_verify("tp=2;dp=2,tp=2,zero=1", dir / "lamb", 0, {"--set", "optim.name=lamb", "--set", "optim.lr=1e-2"}),
+      2);
+}
+
 TEST(TensorParallelParity, LlamaWithGroupedQueryAttention) {
   test::TempDir dir("parity_tp_llama");
   expect_parity(verify("tp=2;tp=2,megatron_sp=true", dir.path(),
