@@ -14,6 +14,7 @@
 #include "kolos/checkpoint/safetensors.h"
 #include "kolos/config/config.h"
 #include "kolos/models/model.h"
+#include "tests/models/small_models.h"
 #include "tests/support.h"
 
 namespace kolos::models {
@@ -28,37 +29,9 @@ constexpr double kTolerance = 1e-5;
 // ---------------------------------------------------------------------------------------------------------------
 // Forward and backward against PyTorch
 
-ModelConfig small_config(const std::string& arch) {
-  ModelConfig c;
-  c.arch = arch;
-  c.layers = 2;
-  c.hidden = 32;
-  c.heads = 4;
-  c.kv_heads = arch == "llama" ? 2 : 4;  // grouped-query attention: 2 query heads per key/value head
-  c.ffn_hidden = arch == "llama" ? 72 : 128;
-  c.vocab = 37;
-  c.seq_len = 24;
-  c.tie_embeddings = arch == "gpt2";
-  return c;
-}
+using test::small_config;
 
-// Random parameters on the model's shapes, on scales where every part of the model matters (O(1) activations,
-// peaked attention, norms and biases away from their 1 / 0 initial values).
-void bind_random_params(Model& model, uint64_t seed) {
-  at::Generator gen = at::detail::createCPUGenerator(seed);
-  std::vector<at::Tensor> tensors;
-  for (const auto& spec : model.param_specs()) {
-    at::Tensor r = at::randn(spec.shape, gen, at::kFloat);
-    switch (spec.init) {
-      case nn::Init::kOnes: tensors.push_back(1.0 + 0.2 * r); break;
-      case nn::Init::kZeros: tensors.push_back(0.2 * r); break;
-      case nn::Init::kNormal:
-        tensors.push_back(spec.is_embedding ? 0.5 * r : r / std::sqrt(static_cast<double>(spec.shape.back())));
-        break;
-    }
-  }
-  model.bind_params(std::move(tensors));
-}
+void bind_random_params(Model& model, uint64_t seed) { model.bind_params(test::random_params(model, seed)); }
 
 double relative_error(const at::Tensor& got, const at::Tensor& want) {
   const double ref_norm = want.norm().item<double>();

@@ -17,6 +17,7 @@
 #include "kolos/parallel/sequence/sequence.h"
 #include "kolos/parallel/sequence/ulysses.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/models/small_models.h"
 
 namespace kolos::parallel::sequence {
 namespace {
@@ -103,28 +104,14 @@ TEST_P(SequenceParallelTest, UlyssesMatchesOneProcess) {
 // Whole models on sp ranks: each rank's loss is the mean over its tokens, so the mean of the ranks' losses is the
 // one-process loss and the mean of their gradients the one-process gradient.
 void check_model(const std::string& arch, const std::string& mode, int p) {
-  ModelConfig config;
-  config.arch = arch;
-  config.layers = 2;
-  config.hidden = 32;
-  config.heads = 4;
-  config.kv_heads = arch == "llama" ? 2 : 4;
-  config.ffn_hidden = arch == "llama" ? 72 : 128;
-  config.vocab = 37;
+  ModelConfig config = test::small_config(arch);
   config.seq_len = 16;
-  config.tie_embeddings = arch == "gpt2";
   auto gen = at::detail::createCPUGenerator(5);
   const int64_t B = 2, T = 16;
   const at::Tensor ids = at::randint(config.vocab, {B, T}, gen, at::kLong);
   const at::Tensor targets = at::randint(config.vocab, {B, T}, gen, at::kLong);
   auto reference = models::Model::create(config);
-  std::vector<at::Tensor> whole;
-  for (const auto& spec : reference->param_specs()) {
-    at::Tensor r = at::randn(spec.shape, gen, at::kFloat);
-    whole.push_back(spec.init == nn::Init::kOnes ? 1.0 + 0.2 * r
-                    : spec.init == nn::Init::kZeros ? 0.2 * r
-                                                    : r / std::sqrt(static_cast<double>(spec.shape.back())));
-  }
+  const std::vector<at::Tensor> whole = test::random_params(*reference, 6);
   std::vector<at::Tensor> params;
   for (const auto& w : whole) params.push_back(w.clone());
   reference->bind_params(params);

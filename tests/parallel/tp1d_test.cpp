@@ -14,35 +14,16 @@
 #include "kolos/config/config.h"
 #include "kolos/models/model.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/models/small_models.h"
 
 namespace kolos::parallel::tensor {
 namespace {
 
 ModelConfig config_for(const std::string& arch) {
-  ModelConfig c;
-  c.arch = arch;
-  c.layers = 2;
-  c.hidden = 32;
-  c.heads = 4;
-  c.kv_heads = arch == "llama" ? 2 : 4;
-  c.ffn_hidden = arch == "llama" ? 72 : 128;
+  ModelConfig c = test::small_config(arch);
   c.vocab = arch == "llama" ? 36 : 37;  // 37: not divisible by tp, padded
   c.seq_len = 16;
-  c.tie_embeddings = arch == "gpt2";
   return c;
-}
-
-// Parameters on scales where every part matters (as tests/models/models_test.cpp draws them).
-std::vector<at::Tensor> random_params(const models::Model& model, uint64_t seed) {
-  at::Generator gen = at::detail::createCPUGenerator(seed);
-  std::vector<at::Tensor> out;
-  for (const auto& spec : model.param_specs()) {
-    at::Tensor r = at::randn(spec.shape, gen, at::kFloat);
-    if (spec.init == nn::Init::kOnes) out.push_back(1.0 + 0.2 * r);
-    else if (spec.init == nn::Init::kZeros) out.push_back(0.2 * r);
-    else out.push_back(spec.is_embedding ? 0.5 * r : r / std::sqrt(static_cast<double>(spec.shape.back())));
-  }
-  return out;
 }
 
 double rel(const at::Tensor& got, const at::Tensor& want) {
@@ -60,7 +41,7 @@ void check_arch(const std::string& arch, int tp, bool sequence = false) {
   const at::Tensor targets = at::randint(config.vocab, {B, T}, gen, at::kLong);
 
   auto reference = models::Model::create(config);
-  const auto whole = random_params(*reference, 11);
+  const auto whole = test::random_params(*reference, 11);
   std::vector<at::Tensor> params;
   for (const auto& p : whole) params.push_back(p.clone());
   reference->bind_params(params);

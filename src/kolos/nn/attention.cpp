@@ -1,6 +1,8 @@
 #include "kolos/nn/attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 #include <limits>
 
 #include <torch/csrc/autograd/custom_function.h>
@@ -17,13 +19,19 @@ void mask_block(at::Tensor& scores, const at::Tensor& q_pos, const at::Tensor& k
   scores.masked_fill_(k_pos.unsqueeze(0) > q_pos.unsqueeze(1), -std::numeric_limits<float>::infinity());
 }
 
-// A key block is entirely invisible to a query block when its first key comes after the block's last query,
-// entirely visible when its last key is at or before the first query (any order of positions).
-bool invisible(const at::Tensor& q_pos, const at::Tensor& k_pos) {
-  return k_pos.min().item<int64_t>() > q_pos.max().item<int64_t>();
-}
-bool all_visible(const at::Tensor& q_pos, const at::Tensor& k_pos) {
-  return k_pos.max().item<int64_t>() <= q_pos.min().item<int64_t>();
+// The smallest and largest position of each block of `block` positions (in any order), computed once per call:
+// a key block is entirely invisible to a query block when its first key comes after the block's last query
+// (k.first > q.second), entirely visible when its last key is at or before the first query (k.second <= q.first).
+std::vector<std::pair<int64_t, int64_t>> block_ranges(const at::Tensor& positions, int64_t block) {
+  const at::Tensor p = positions.contiguous();
+  const int64_t* d = p.data_ptr<int64_t>();
+  const int64_t n = p.numel();
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const auto [lo, hi] = std::minmax_element(d + b0, d + std::min(n, b0 + block));
+    out.emplace_back(*lo, *hi);
+  }
+  return out;
 }
 
 at::Tensor arange_pos(int64_t n) { return at::arange(n, at::kLong); }
@@ -73,6 +81,7 @@ std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, 
                                                            const at::Tensor& k_pos, int64_t block) {
   const int64_t N = q.size(0), T = q.size(1), D = q.size(2), S = k.size(1);
   const float inf = std::numeric_limits<float>::infinity();
+  const auto q_range = block_ranges(q_pos, block), k_range = block_ranges(k_pos, block);
   at::Tensor out = at::empty({N, T, D}, q.options());
   at::Tensor lse = at::empty({N, T}, q.options());
   for (int64_t q0 = 0; q0 < T; q0 += block) {
@@ -83,10 +92,12 @@ std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, 
     at::Tensor m, ms, l, acc;
     for (int64_t k0 = 0; k0 < S; k0 += block) {
       const int64_t nk = std::min(block, S - k0);
+      const auto& qr = q_range[q0 / block];
+      const auto& kr = k_range[k0 / block];
+      if (kr.first > qr.second) continue;  // invisible
       at::Tensor kp = k_pos.narrow(0, k0, nk);
-      if (invisible(qp, kp)) continue;
       at::Tensor s = at::bmm(qb, k.narrow(1, k0, nk).transpose(1, 2));  // (N, nq, nk)
-      if (!all_visible(qp, kp)) mask_block(s, qp, kp);
+      if (kr.second > qr.first) mask_block(s, qp, kp);  // not all visible
       at::Tensor bm = std::get<0>(s.max(-1, /*keepdim=*/true));       // (N, nq, 1)
       if (!m.defined()) {
         m = bm;
@@ -121,6 +132,7 @@ void attention_backward_blocks(const at::Tensor& q, const at::Tensor& k, const a
                                const at::Tensor& k_pos, int64_t block, at::Tensor& dq, at::Tensor& dk,
                                at::Tensor& dv) {
   const int64_t T = q.size(1), S = k.size(1);
+  const auto q_range = block_ranges(q_pos, block), k_range = block_ranges(k_pos, block);
   for (int64_t q0 = 0; q0 < T; q0 += block) {
     const int64_t nq = std::min(block, T - q0);
     at::Tensor qb = q.narrow(1, q0, nq), qp = q_pos.narrow(0, q0, nq);
@@ -129,11 +141,13 @@ void attention_backward_blocks(const at::Tensor& q, const at::Tensor& k, const a
     at::Tensor deltab = delta.narrow(1, q0, nq);
     for (int64_t k0 = 0; k0 < S; k0 += block) {
       const int64_t nk = std::min(block, S - k0);
+      const auto& qr = q_range[q0 / block];
+      const auto& kr = k_range[k0 / block];
+      if (kr.first > qr.second) continue;  // invisible
       at::Tensor kp = k_pos.narrow(0, k0, nk);
-      if (invisible(qp, kp)) continue;
       at::Tensor kb = k.narrow(1, k0, nk), vb = v.narrow(1, k0, nk);
       at::Tensor p = at::bmm(qb, kb.transpose(1, 2));
-      if (!all_visible(qp, kp)) mask_block(p, qp, kp);
+      if (kr.second > qr.first) mask_block(p, qp, kp);
       p.sub_(lseb).exp_();                                         // probabilities (N, nq, nk)
       dv.narrow(1, k0, nk).add_(at::bmm(p.transpose(1, 2), dob));
       at::Tensor ds = at::bmm(dob, vb.transpose(1, 2));            // dP

@@ -317,16 +317,17 @@ double DataParallel::grad_norm() {
   at::NoGradGuard no_grad;
   if (tp_ > 1) {
     // Split tensors summed over the tp ranks, replicated ones counted once; then over the dp shards.
-    at::Tensor sq = at::zeros({2}, at::kDouble);  // [split, replicated]
-    for (const auto& piece : pieces_)
-      sq[specs_[piece.tensor].tp_dim >= 0 ? 0 : 1] += optim::sum_of_squares(grad_buffer_.narrow(0, piece.grad_offset, piece.numel));
+    double split = 0, replicated = 0;
+    for (const auto& piece : pieces_) {
+      const double sq = optim::sum_of_squares(grad_buffer_.narrow(0, piece.grad_offset, piece.numel));
+      (specs_[piece.tensor].tp_dim >= 0 ? split : replicated) += sq;
+    }
+    at::Tensor split_sum = at::full({1}, split, at::kDouble);
     {
       dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOptimizer);
-      at::Tensor split = sq.narrow(0, 0, 1).clone();
-      tp_comm_->all_reduce(split);
-      sq[0] = split[0];
+      tp_comm_->all_reduce(split_sum);
     }
-    at::Tensor total = sq.sum().reshape({1});
+    at::Tensor total = at::full({1}, split_sum.item<double>() + replicated, at::kDouble);
     if (zero_ > 0) {
       dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
       comm_->all_reduce(total);

@@ -8,6 +8,7 @@
 
 #include "kolos/core/error.h"
 #include "kolos/nn/attention.h"
+#include "kolos/parallel/tensor/regions.h"
 
 namespace kolos::parallel::sequence {
 
@@ -88,7 +89,7 @@ struct Ring : torch::autograd::Function<Ring> {
       if (step + 1 < p) kv = finish_shift(next);
     }
     ctx->save_for_backward({qs, kc, vc, out, lse});
-    ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+    tensor::save_comm(ctx, *comm);
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["total"] = total;
     ctx->saved_data["shape"] = std::vector<int64_t>{B, H, KV, T, D};
@@ -96,7 +97,7 @@ struct Ring : torch::autograd::Function<Ring> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& comm = *reinterpret_cast<dist::Comm*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
+    auto& comm = tensor::saved_comm(ctx);
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &qs = saved[0], &kc = saved[1], &vc = saved[2], &out = saved[3], &lse = saved[4];
     const auto shape = ctx->saved_data["shape"].toIntVector();

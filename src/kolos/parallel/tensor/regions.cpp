@@ -16,14 +16,6 @@ using torch::autograd::variable_list;
 using dist::Ledger;
 using dist::Phase;
 
-// The Comm travels through the context as an integer: AutogradContext keeps IValues only.
-void keep(AutogradContext* ctx, dist::Comm& comm) {
-  ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(&comm));
-}
-dist::Comm& comm_of(AutogradContext* ctx) {
-  return *reinterpret_cast<dist::Comm*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
-}
-
 int64_t wrap_dim(const at::Tensor& x, int64_t dim) {
   const int64_t n = x.dim();
   KOLOS_ASSERT(dim >= -n && dim < n, "dimension {} out of range for a tensor of {} dimensions", dim, n);
@@ -32,11 +24,11 @@ int64_t wrap_dim(const at::Tensor& x, int64_t dim) {
 
 struct CopyTo : torch::autograd::Function<CopyTo> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, dist::Comm* comm) {
-    keep(ctx, *comm);
+    save_comm(ctx, *comm);
     return x.view_as(x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& comm = comm_of(ctx);
+    auto& comm = saved_comm(ctx);
     Ledger::PhaseScope phase(comm.ledger(), Phase::kBackward);
     at::Tensor g = grads[0].contiguous();
     if (g.data_ptr() == grads[0].data_ptr()) g = g.clone();  // the incoming gradient may be shared
@@ -59,14 +51,14 @@ struct ReduceFrom : torch::autograd::Function<ReduceFrom> {
 // all-gathers.
 struct ToSlices : torch::autograd::Function<ToSlices> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t dim, bool sum, dist::Comm* comm) {
-    keep(ctx, *comm);
+    save_comm(ctx, *comm);
     ctx->saved_data["dim"] = dim;
     if (!sum) return slice_along(x, dim, *comm);
     Ledger::PhaseScope phase(comm->ledger(), Phase::kForward);
     return reduce_scatter_along(x, dim, *comm);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& comm = comm_of(ctx);
+    auto& comm = saved_comm(ctx);
     Ledger::PhaseScope phase(comm.ledger(), Phase::kBackward);
     return {all_gather_along(grads[0], ctx->saved_data["dim"].toInt(), comm), at::Tensor(), at::Tensor(),
             at::Tensor()};
@@ -78,14 +70,14 @@ struct ToSlices : torch::autograd::Function<ToSlices> {
 // consumer contributed a part).
 struct FromSlices : torch::autograd::Function<FromSlices> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t dim, bool sum, dist::Comm* comm) {
-    keep(ctx, *comm);
+    save_comm(ctx, *comm);
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["sum"] = sum;
     Ledger::PhaseScope phase(comm->ledger(), Phase::kForward);
     return all_gather_along(x, dim, *comm);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& comm = comm_of(ctx);
+    auto& comm = saved_comm(ctx);
     const int64_t dim = ctx->saved_data["dim"].toInt();
     Ledger::PhaseScope phase(comm.ledger(), Phase::kBackward);
     at::Tensor g = ctx->saved_data["sum"].toBool() ? reduce_scatter_along(grads[0], dim, comm)
@@ -97,14 +89,14 @@ struct FromSlices : torch::autograd::Function<FromSlices> {
 struct AllToAll : torch::autograd::Function<AllToAll> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t scatter_dim, int64_t gather_dim,
                             dist::Comm* comm) {
-    keep(ctx, *comm);
+    save_comm(ctx, *comm);
     ctx->saved_data["scatter_dim"] = scatter_dim;
     ctx->saved_data["gather_dim"] = gather_dim;
     Ledger::PhaseScope phase(comm->ledger(), Phase::kForward);
     return all_to_all_along(x, scatter_dim, gather_dim, *comm);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& comm = comm_of(ctx);
+    auto& comm = saved_comm(ctx);
     Ledger::PhaseScope phase(comm.ledger(), Phase::kBackward);
     return {all_to_all_along(grads[0], ctx->saved_data["gather_dim"].toInt(), ctx->saved_data["scatter_dim"].toInt(),
                              comm),
@@ -113,6 +105,14 @@ struct AllToAll : torch::autograd::Function<AllToAll> {
 };
 
 }  // namespace
+
+void save_comm(AutogradContext* ctx, dist::Comm& comm) {
+  ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(&comm));
+}
+
+dist::Comm& saved_comm(AutogradContext* ctx) {
+  return *reinterpret_cast<dist::Comm*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
+}
 
 at::Tensor slice_along(const at::Tensor& x, int64_t dim, dist::Comm& comm) {
   dim = wrap_dim(x, dim);

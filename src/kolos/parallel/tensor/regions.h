@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "kolos/dist/comm.h"
 
@@ -44,5 +45,10 @@ at::Tensor reduce_scatter_along(const at::Tensor& x, int64_t dim, dist::Comm& co
 at::Tensor all_to_all_along(const at::Tensor& x, int64_t scatter_dim, int64_t gather_dim, dist::Comm& comm);
 // This rank's slice of x along dim (a copy, contiguous).
 at::Tensor slice_along(const at::Tensor& x, int64_t dim, dist::Comm& comm);
+
+// For autograd functions that communicate in backward: the Comm travels through the context as an integer
+// (AutogradContext keeps IValues only). The Comm must outlive the graph.
+void save_comm(torch::autograd::AutogradContext* ctx, dist::Comm& comm);
+dist::Comm& saved_comm(torch::autograd::AutogradContext* ctx);
 
 }  // namespace kolos::parallel::tensor

@@ -29,7 +29,7 @@ struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
       whole = all_gather_along(x, 1, *comm).contiguous();
     }
     ctx->save_for_backward({whole, w0, w1, w2});
-    ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(comm));
+    save_comm(ctx, *comm);
     ctx->saved_data["sequence"] = sequence;
     const at::Tensor* w[kMax] = {&w0, &w1, &w2};
     const at::Tensor* b[kMax] = {&b0, &b1, &b2};
@@ -41,7 +41,7 @@ struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& comm = *reinterpret_cast<dist::Comm*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
+    auto& comm = saved_comm(ctx);
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& x = saved[0];
     dist::Ledger::PhaseScope phase(comm.ledger(), dist::Phase::kBackward);
