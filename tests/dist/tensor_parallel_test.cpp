@@ -1,13 +1,16 @@
-// Tensor parallelism (1D) and sequence parallelism trained end to end across processes (kolos run over loopback) against one process, through
-// `kolos verify` on the parity model (vocabulary 261: not divisible by tp, so the padding is exercised): tp = 2 and 4,
-// dp 2 × tp 2 with ZeRO 0/1/2 (and accumulation), Megatron-SP (tp 2, dp 2 × tp 2), LLaMA with grouped-query
-// attention at tp 2 with and without Megatron-SP. Each rank's report
-// holds its Plan's share; checkpoints hold whole tensors (gathered over tp) which verify compares with one process.
+// Tensor parallelism (1D) and sequence parallelism trained end to end across processes (kolos run over loopback)
+// against one process, through `kolos verify` on the parity model (vocabulary 261: not divisible by tp, so the padding
+// is exercised), for GPT-2 and for LLaMA with grouped-query attention (8 heads, 4 KV heads, untied head): tp = 2 and
+// 4; tp = 2 with Megatron-SP; sp = 2 and 4 with ring and with Ulysses; dp 2 × tp 2 (ZeRO 0/1/2); dp 2 × sp 2; and
+// dp 2 × sp 2 (Ulysses) × tp 2 on 8 processes. Verify checks each rank's share (its tp piece; ZeRO shards over
+// dp × sp) and the op counts of every axis (dp/data, tp, sp) against the algorithms; checkpoints hold whole tensors
+// (gathered over tp), which verify compares with one process.
 //
-// Losses meet DESIGN's 1e-5 at every step. The final parameters are compared at 1e-4 here, not DESIGN's 1e-5: after
-// 20 AdamW steps the largest difference (1.2e-5 to 2.9e-5, in a LayerNorm bias and the attention projections) is
-// rounding of the tensor-parallel sums amplified by Adam's normalisation — the one-step gradients agree to 1e-5
-// (tests/parallel/tp1d_test.cpp) — and is an open item of issue 5.
+// Losses meet DESIGN's 1e-5 at every step. The final parameters after 20 AdamW steps are compared at 1e-4 here, not
+// DESIGN's 1e-5: the largest differences (1e-5 to 4e-5) are in tensors initialised at zero whose gradient nearly
+// cancels (LayerNorm biases, the query third of GPT-2's qkv bias), where Adam's normalisation turns rounding of the
+// tensor-parallel sums into full-size steps. The same layouts trained with plain SGD (the gradients themselves)
+// meet 1e-5 (`...WithSgdMeetTheParameterTolerance`), as do LARS and LAMB; this is an open item of issue 5.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -24,6 +27,9 @@ nlohmann::json verify(const std::string& layouts, const std::string& out, std::v
 }
 
 void expect_parity(const nlohmann::json& j, size_t layouts) { test::expect_layouts_ok(j, layouts, 1e-4); }
+
+const std::vector<std::string> kLlama = {"--set", "model.arch=llama", "--set", "model.kv_heads=4", "--set",
+                                         "model.tie_embeddings=false"};
 
 TEST(TensorParallelParity, GptTp2Tp4AndDp2Tp2WithZero) {
   test::TempDir dir("parity_tp");
@@ -56,12 +62,44 @@ TEST(TensorParallelParity, LarsAndLambWithWholeTensorNorms) {
       2);
 }
 
+TEST(SequenceParallelParity, FourRanksRingAndUlysses) {
+  test::TempDir dir("parity_sp4");
+  expect_parity(verify("sp=4;sp=4,sp_mode=ulysses", dir.path()), 2);
+}
+
+// All three axes at once: 8 processes on the mesh dp 2 × sp 2 × tp 2.
+TEST(HybridParity, DpSpUlyssesTpOnEightProcesses) {
+  test::TempDir dir("parity_hybrid");
+  expect_parity(verify("dp=2,sp=2,sp_mode=ulysses,tp=2,zero=1", dir.path()), 1);
+}
+
 TEST(TensorParallelParity, LlamaWithGroupedQueryAttention) {
   test::TempDir dir("parity_tp_llama");
-  expect_parity(verify("tp=2;tp=2,megatron_sp=true", dir.path(),
-                       {"--set", "model.arch=llama", "--set", "model.kv_heads=4", "--set",
-                        "model.tie_embeddings=false"}),
-                2);
+  expect_parity(verify("tp=2;tp=4;tp=2,megatron_sp=true;dp=2,tp=2,zero=1", dir.path(), kLlama), 4);
+}
+
+TEST(SequenceParallelParity, LlamaRing) {
+  test::TempDir dir("parity_sp_llama");
+  expect_parity(verify("sp=2;sp=4;dp=2,sp=2", dir.path(), kLlama), 3);
+}
+
+TEST(SequenceParallelParity, LlamaUlysses) {
+  test::TempDir dir("parity_ulysses_llama");
+  expect_parity(verify("sp=2,sp_mode=ulysses;sp=4,sp_mode=ulysses", dir.path(), kLlama), 2);
+}
+
+TEST(HybridParity, LlamaDpSpUlyssesTpOnEightProcesses) {
+  test::TempDir dir("parity_hybrid_llama");
+  expect_parity(verify("dp=2,sp=2,sp_mode=ulysses,tp=2", dir.path(), kLlama), 1);
+}
+
+// With SGD the update is the gradient itself: the layouts' parameters meet DESIGN's 1e-5 after 20 steps, so the
+// larger AdamW differences above are Adam's amplification, not a wrong gradient.
+TEST(TensorParallelParity, LayoutsWithSgdMeetTheParameterTolerance) {
+  test::TempDir dir("parity_tp_sgd");
+  test::expect_layouts_ok(test::run_verify("tp=4;sp=4;sp=2,sp_mode=ulysses,tp=2", dir.path(), 0,
+                                           {"--set", "optim.name=sgd", "--set", "optim.lr=0.1"}),
+                          3);
 }
 
 }  // namespace

@@ -55,9 +55,14 @@ void expect_close(const at::Tensor& got, const at::Tensor& want, const std::stri
 
 using Attention = std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, dist::Comm&)>;
 
-// `sent`: the bytes each rank must send point to point in forward (0: not checked).
+// Bytes each rank must move in forward and in backward (0: not checked): `sent` point to point, `exchanged` in
+// all-to-alls (the ledger's algorithmic bytes: the (p − 1)/p of the input that leaves the rank).
+struct Volume {
+  int64_t sent_forward = 0, sent_backward = 0, exchanged = 0;
+};
+
 void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of, const Attention& attention,
-           int64_t sent = 0) {
+           Volume volume = {}) {
   const Case c = make_case(T, 3 + p);
   test::run_thread_ranks(
       p,
@@ -67,8 +72,13 @@ void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of,
         at::Tensor q = mine(c.q).requires_grad_(true), k = mine(c.k).requires_grad_(true),
                    v = mine(c.v).requires_grad_(true);
         at::Tensor out = attention(q, k, v, comm);
-        if (sent > 0) EXPECT_EQ(comm.ledger().bytes("sp", "send", dist::Phase::kForward), sent);
+        const auto& ledger = comm.ledger();
+        if (volume.sent_forward > 0) EXPECT_EQ(ledger.bytes("sp", "send", dist::Phase::kForward), volume.sent_forward);
+        if (volume.exchanged > 0) EXPECT_EQ(ledger.bytes("sp", "all_to_all", dist::Phase::kForward), volume.exchanged);
         (out * mine(c.w)).sum().backward();
+        if (volume.sent_backward > 0)
+          EXPECT_EQ(ledger.bytes("sp", "send", dist::Phase::kBackward), volume.sent_backward);
+        if (volume.exchanged > 0) EXPECT_EQ(ledger.bytes("sp", "all_to_all", dist::Phase::kBackward), volume.exchanged);
         expect_close(out.detach(), mine(c.out), "out");
         expect_close(q.grad(), mine(c.dq), "dq");
         expect_close(k.grad(), mine(c.dk), "dk");
@@ -79,7 +89,9 @@ void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of,
 
 class SequenceParallelTest : public ::testing::TestWithParam<int> {};
 
-// The keys and values travel with their KV heads: forward sends 2·(p − 1)·B·(T/p)·KV·D elements per rank.
+// The keys and values travel with their KV heads: forward sends 2·(p − 1)·B·(T/p)·KV·D elements per rank
+// (yardsticks, "Ring attention"). Backward (yardsticks: ≈ twice that) sends the keys and values round again (p − 1
+// shifts) and the gradient accumulators with them, which take one more shift to get home: (4p − 2)·B·(T/p)·KV·D.
 TEST_P(SequenceParallelTest, RingAttentionZigZagMatchesOneProcess) {
   const int p = GetParam();
   const int64_t T = 8 * p, B = 2, KV = 2, D = 8;
@@ -89,16 +101,20 @@ TEST_P(SequenceParallelTest, RingAttentionZigZagMatchesOneProcess) {
         [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, dist::Comm& c) {
           return ring_attention(q, k, v, c);
         },
-        2 * (p - 1) * B * (T / p) * KV * D * 8);
+        {2 * (p - 1) * B * (T / p) * KV * D * 8, (4 * p - 2) * B * (T / p) * KV * D * 8});
 }
 
+// Ulysses (yardsticks, "Ulysses"): per rank, forward all-to-alls its slice of q and the output (H heads) and of k and
+// v (KV heads, or H when KV does not divide by p: expanded first): (2·H + 2·KV)·B·(T/p)·D elements, of which
+// (p − 1)/p leave the rank; backward the same.
 TEST_P(SequenceParallelTest, UlyssesMatchesOneProcess) {
   const int p = GetParam();
-  const int64_t T = 6 * p;
+  const int64_t T = 6 * p, B = 2, H = 4, KV = 2, D = 8;
   check(p, T, [&](int r) { return at::arange(r * (T / p), (r + 1) * (T / p), at::kLong); },
         [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, dist::Comm& c) {
           return ulysses_attention(q, k, v, c);
-        });
+        },
+        {0, 0, (2 * H + 2 * (KV % p == 0 ? KV : H)) * B * (T / p) * D * 8 * (p - 1) / p});
 }
 
 // Whole models on sp ranks: each rank's loss is the mean over its tokens, so the mean of the ranks' losses is the

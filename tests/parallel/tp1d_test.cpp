@@ -8,6 +8,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <vector>
 
@@ -116,6 +117,46 @@ TEST(TensorParallel1d, MegatronSequenceParallelMatchesOneProcess) {
   check_arch("gpt2", 2, true);
   check_arch("gpt2", 4, true);
   check_arch("llama", 2, true);
+}
+
+// The column-parallel input gradient's all-reduce overlaps the weight gradients, from the ledger's timestamps: one
+// fused q|k|v-like step of three products whose input-gradient and weight-gradient products cost the same. Were the
+// all-reduce issued after the weight gradients (no overlap), it would start at the very end of backward; here it
+// starts after the input-gradient products — about half-way — and is complete while the weight gradients are still
+// being computed.
+TEST(TensorParallel1d, ColumnInputGradientAllReduceOverlapsTheWeightGradients) {
+  test::run_thread_ranks(
+      2,
+      [&](dist::Comm& comm, int r) {
+        const nn::Sharding sharding = tensor_parallel_1d(comm, 8);
+        auto gen = at::detail::createCPUGenerator(21 + r);
+        const int64_t M = 512, K = 512, N = 512;  // tokens, inputs, this rank's outputs of each product
+        const at::Tensor x = at::randn({M, K}, gen).requires_grad_(true);
+        std::vector<nn::Linear> layers;
+        for (int i = 0; i < 3; ++i)
+          layers.push_back({at::randn({N, K}, gen).requires_grad_(true), at::randn({N}, gen).requires_grad_(true), {}});
+        const auto outs = sharding.column_many(x, {&layers[0], &layers[1], &layers[2]});
+        at::Tensor loss = (outs[0] + outs[1] + outs[2]).sum();
+        const auto before = comm.ledger().events().size();
+        const auto t0 = dist::Ledger::Clock::now();
+        loss.backward();
+        const auto t1 = dist::Ledger::Clock::now();
+        const auto events = comm.ledger().events();
+        ASSERT_EQ(events.size(), before + 1);
+        const auto& e = events.back();
+        EXPECT_EQ(e.op, "all_reduce");
+        EXPECT_EQ(e.phase, dist::Phase::kBackward);
+        ASSERT_NE(e.end, dist::Ledger::Clock::time_point{});
+        const double span = std::chrono::duration<double>(t1 - t0).count();
+        const double start = std::chrono::duration<double>(e.start - t0).count();
+        const double end = std::chrono::duration<double>(e.end - t0).count();
+        EXPECT_LT(start, 0.75 * span) << "rank " << r << ": the all-reduce started at " << start * 1e3 << " ms of "
+                                      << span * 1e3 << " ms of backward";
+        EXPECT_LT(end, 0.9 * span) << "rank " << r << ": the all-reduce completed at " << end * 1e3 << " ms of "
+                                   << span * 1e3 << " ms of backward";
+        EXPECT_TRUE(x.grad().defined());
+      },
+      std::chrono::seconds(30), 0, "tp");
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -117,8 +118,42 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
 
 // `states`: the optimizer's state buffers per element (optim::state_buffers); `elements`: the parameter elements
 // one tp rank holds (its pieces, ParamSpec::local_shape).
-void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps, int64_t states, int64_t elements,
-                 Outcome& out) {
+// The collectives each micro-step of training makes on the tp and sp axes (op, phase) → calls, for a model of
+// `layers` blocks (the thread-rank tests in tests/parallel/ check the same counts and their bytes):
+//   tp (1D):    forward one all-reduce per row-parallel output (2 per block) and per vocab-parallel embedding, and 3 in
+//               the vocab-parallel loss; backward one per column-parallel input (2 per block) and the head's.
+//   Megatron-SP: the all-reduces at block boundaries become an all-gather (forward, + the head's input) and a
+//               reduce-scatter; backward the duals; the sequence-sliced gradients are summed once per step.
+//   sp ring:    forward 2 sends (keys, values) per shift, p − 1 shifts per block; backward 2 (p − 1) + 2 p (the
+//               gradient accumulators take one more shift home).
+//   sp Ulysses: 4 all-to-alls per block (q, k, v and the output) in forward, 4 in backward.
+std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, int64_t layers,
+                                                                             int64_t micro_steps, int64_t steps) {
+  std::map<std::tuple<std::string, std::string, std::string>, int64_t> want;
+  const int64_t L = layers, m = micro_steps;
+  if (plan.tp > 1 && !plan.megatron_sp) {
+    want[{"tp", "all_reduce", "forward"}] = m * (2 * L + 1 + 3);
+    want[{"tp", "all_reduce", "backward"}] = m * (2 * L + 1);
+  } else if (plan.tp > 1) {
+    want[{"tp", "all_gather", "forward"}] = m * (2 * L + 1);
+    want[{"tp", "reduce_scatter", "forward"}] = m * 2 * L;
+    want[{"tp", "all_reduce", "forward"}] = m * 4;
+    want[{"tp", "reduce_scatter", "backward"}] = m * (2 * L + 1);
+    want[{"tp", "all_gather", "backward"}] = m * (2 * L + 1);
+    want[{"tp", "all_reduce", "backward"}] = steps;
+  }
+  if (plan.sp > 1 && plan.sp_mode == "ring") {
+    want[{"sp", "send", "forward"}] = m * L * 2 * (plan.sp - 1);
+    want[{"sp", "send", "backward"}] = m * L * (2 * (plan.sp - 1) + 2 * plan.sp);
+  } else if (plan.sp > 1) {
+    want[{"sp", "all_to_all", "forward"}] = m * L * 4;
+    want[{"sp", "all_to_all", "backward"}] = m * L * 4;
+  }
+  return want;
+}
+
+void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, const std::string& run_dir, int64_t steps,
+                 int64_t states, int64_t elements, Outcome& out) {
   for (int r = 0; r < layout.processes; ++r) {
     const fs::path path = fs::path(run_dir) / "ranks" / fmt::format("rank_{}.json", r);
     std::ifstream in(path);
@@ -147,12 +182,21 @@ void check_ranks(const Layout& layout, const std::string& run_dir, int64_t steps
                                held["optim_numel"].get<int64_t>(), flat, want_grad, want_optim);
       out.ok = false;
     }
-    if (dp == 1) continue;
-    auto calls = [&](const char* op, const char* phase) -> int64_t {
+    auto calls_on = [&](const std::string& on, const std::string& op, const std::string& phase) -> int64_t {
       const auto& c = j["comm"];
-      if (!c.contains(axis) || !c[axis].contains(op) || !c[axis][op].contains(phase)) return 0;
-      return c[axis][op][phase]["calls"].get<int64_t>();
+      if (!c.contains(on) || !c[on].contains(op) || !c[on][op].contains(phase)) return 0;
+      return c[on][op][phase]["calls"].get<int64_t>();
     };
+    for (const auto& [key, n] : axis_ops(plan, layers, steps * layout.grad_accum, steps)) {
+      const auto& [on, op, phase] = key;
+      const int64_t got = calls_on(on, op, phase);
+      if (got != n) {
+        out.ops = fmt::format("rank {}: {} {} {} in {}, expected {}", r, got, on, op, phase, n);
+        out.ok = false;
+      }
+    }
+    if (dp == 1) continue;
+    auto calls = [&](const char* op, const char* phase) { return calls_on(axis, op, phase); };
     const int64_t micro = zero == 2 ? layout.grad_accum : 1;
     const std::map<std::pair<std::string, std::string>, int64_t> want = {
         {{"all_reduce", "backward"}, zero == 0 ? buckets * steps : 0},
@@ -216,6 +260,7 @@ int verify(const VerifyOptions& options) {
   const int64_t global_batch = base.train.global_batch;
   const auto layouts = parse_layouts(options.layouts, global_batch);
   // Every layout must make a valid Plan before anything runs (bad input is exit 2 naming the layout).
+  std::vector<Plan> plans;
   for (const auto& l : layouts) {
     std::vector<std::string> sets = options.overrides;
     sets.insert(sets.end(), l.overrides.begin(), l.overrides.end());
@@ -223,7 +268,7 @@ int verify(const VerifyOptions& options) {
     sets.push_back(fmt::format("train.grad_accum={}", l.grad_accum));
     sets.push_back(fmt::format("train.global_batch={}", global_batch));
     try {
-      make_plan(load_config(options.config, sets, l.processes), l.processes);
+      plans.push_back(make_plan(load_config(options.config, sets, l.processes), l.processes));
     } catch (const InputError& e) {
       throw InputError(fmt::format("--layouts: layout \"{}\": {}", l.text, e.what()));
     }
@@ -319,7 +364,8 @@ int verify(const VerifyOptions& options) {
       for (int64_t d : spec.local_shape(l.tp)) n *= d;
       elements += n;
     }
-    check_ranks(l, dir, static_cast<int64_t>(ref_losses.size()), optim::state_buffers(base.optim), elements, out);
+    check_ranks(l, plans[i], base.model.layers, dir, static_cast<int64_t>(ref_losses.size()),
+                optim::state_buffers(base.optim), elements, out);
     out.ok = out.ok && out.loss_rel <= options.tolerance && out.param_rel <= options.tolerance;
     all_ok = all_ok && out.ok;
     std::printf("%-28s %5d %12.3e %12.3e  %-26s %-6s %-6s %s\n", l.text.c_str(), l.processes, out.loss_rel,
