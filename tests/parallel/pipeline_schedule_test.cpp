@@ -1,0 +1,321 @@
+// Pipeline schedules (GPipe, 1F1B, interleaved) as instruction lists, checked structurally, and the simulator's
+// bubble against the closed forms (p − 1)/(m + p − 1) and (p − 1)/(v·m + p − 1) (Narayanan et al. 2021 §2.2).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kolos/core/error.h"
+#include "kolos/parallel/pipeline/schedule.h"
+#include "kolos/parallel/pipeline/simulator.h"
+
+namespace kolos::parallel::pipeline {
+namespace {
+
+std::string join(const std::vector<Instruction>& list) {
+  std::string out;
+  for (const auto& in : list) out += (out.empty() ? "" : " ") + to_string(in);
+  return out;
+}
+
+std::string join(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& line : lines) out += line + "\n";
+  return out;
+}
+
+// Checks written apart from validate(): forward before backward per (micro, chunk) on every stage, each exactly
+// once; and as many sends of each (kind, micro) from stage a to stage b as receives of it on b from a.
+void expect_structure(const Schedule& schedule) {
+  SCOPED_TRACE(fmt::format("{} p={} m={} v={}", schedule.name, schedule.stages, schedule.micro_batches,
+                           schedule.chunks));
+  ASSERT_EQ(static_cast<int>(schedule.instructions.size()), schedule.stages);
+  std::map<std::tuple<bool, int, int, int>, int> balance;  // (gradient?, micro, from, to) → sends − receives
+  for (int s = 0; s < schedule.stages; ++s) {
+    std::map<std::pair<int, int>, int> forward_at, backward_at;
+    const auto& list = schedule.instructions[s];
+    for (int i = 0; i < static_cast<int>(list.size()); ++i) {
+      const Instruction& in = list[i];
+      if (in.op == Op::kForward) {
+        EXPECT_TRUE(forward_at.emplace(std::make_pair(in.micro, in.chunk), i).second);
+      }
+      if (in.op == Op::kBackward) {
+        EXPECT_TRUE(backward_at.emplace(std::make_pair(in.micro, in.chunk), i).second);
+      }
+      const bool grad = in.op == Op::kSendGrad || in.op == Op::kRecvGrad;
+      if (is_send(in.op)) ++balance[{grad, in.micro, s, in.peer}];
+      if (is_recv(in.op)) --balance[{grad, in.micro, in.peer, s}];
+    }
+    EXPECT_EQ(static_cast<int>(forward_at.size()), schedule.micro_batches * schedule.chunks) << "stage " << s;
+    EXPECT_EQ(forward_at.size(), backward_at.size()) << "stage " << s;
+    for (const auto& [key, f] : forward_at) {
+      ASSERT_TRUE(backward_at.count(key));
+      EXPECT_LT(f, backward_at[key]) << "stage " << s << " micro " << key.first << " chunk " << key.second;
+    }
+    EXPECT_EQ(list.back().op, Op::kReduce) << "stage " << s;
+  }
+  for (const auto& [key, count] : balance) EXPECT_EQ(count, 0);
+  EXPECT_EQ(join(validate(schedule)), "");  // also: no deadlock, peers, order per channel
+}
+
+const int kStages[] = {2, 4, 8};
+
+TEST(PipelineSchedule, GpipeIsWellFormedAndHoldsEveryMicroBatch) {
+  for (int p : {1, 2, 4, 8}) {
+    for (int m : {1, 2, 3, 5, 8, 16}) {
+      const Schedule schedule = gpipe(p, m);
+      expect_structure(schedule);
+      for (int s = 0; s < p; ++s) EXPECT_EQ(max_in_flight(schedule, s), m);
+    }
+  }
+}
+
+TEST(PipelineSchedule, OneFOneBIsWellFormedAndHoldsAtMostStagesMinusStage) {
+  for (int p : {1, 2, 4, 8}) {
+    for (int m : {1, 2, 3, 5, 8, 16, 17}) {
+      const Schedule schedule = one_f_one_b(p, m);
+      expect_structure(schedule);
+      for (int s = 0; s < p; ++s) {
+        EXPECT_LE(max_in_flight(schedule, s), p - s) << "p " << p << " m " << m << " stage " << s;
+        EXPECT_EQ(max_in_flight(schedule, s), std::min(p - s, m)) << "p " << p << " m " << m << " stage " << s;
+      }
+    }
+  }
+}
+
+TEST(PipelineSchedule, InterleavedIsWellFormed) {
+  for (int p : kStages) {
+    for (int v : {2, 3, 4}) {
+      for (int m : {p, 2 * p, 3 * p}) {
+        const Schedule schedule = interleaved(p, m, v);
+        expect_structure(schedule);
+        for (int s = 0; s < p; ++s) {
+          // Megatron's warm-up forwards plus the one of the first steady step, never more than all of them.
+          const int held = std::min(2 * (p - s - 1) + (v - 1) * p + 1, v * m);
+          EXPECT_EQ(max_in_flight(schedule, s), held) << "p " << p << " v " << v << " m " << m << " stage " << s;
+        }
+      }
+    }
+  }
+  // v = 1 is 1F1B.
+  const Schedule one = interleaved(4, 8, 1), reference = one_f_one_b(4, 8);
+  for (int s = 0; s < 4; ++s) EXPECT_EQ(join(one.instructions[s]), join(reference.instructions[s]));
+}
+
+// Lists worked out by hand from the rules in schedule.h.
+TEST(PipelineSchedule, ListsSpelledOut) {
+  // 1F1B, p = 2, m = 3: stage 0 warms up with one forward; stage 1 (last) has no warm-up and sends no activation.
+  const Schedule a = one_f_one_b(2, 3);
+  EXPECT_EQ(join(a.instructions[0]),
+            "F0.0 send_act0.0->1 F1.0 send_act1.0->1 recv_grad0.0<-1 B0.0 F2.0 send_act2.0->1 recv_grad1.0<-1 "
+            "B1.0 recv_grad2.0<-1 B2.0 reduce");
+  EXPECT_EQ(join(a.instructions[1]),
+            "recv_act0.0<-0 F0.0 B0.0 send_grad0.0->0 recv_act1.0<-0 F1.0 B1.0 send_grad1.0->0 recv_act2.0<-0 F2.0 "
+            "B2.0 send_grad2.0->0 reduce");
+  // Interleaved, p = 2, m = 2, v = 2: stage 0 warms up with all 4 forwards, stage 1 with 2. Virtual stages:
+  // 0 = stage 0 chunk 0, 1 = stage 1 chunk 0, 2 = stage 0 chunk 1, 3 = stage 1 chunk 1 (the loss).
+  const Schedule b = interleaved(2, 2, 2);
+  EXPECT_EQ(join(b.instructions[0]),
+            "F0.0 send_act0.0->1 F1.0 send_act1.0->1 recv_act0.1<-1 F0.1 send_act0.1->1 recv_act1.1<-1 F1.1 "
+            "send_act1.1->1 recv_grad0.1<-1 B0.1 send_grad0.1->1 recv_grad1.1<-1 B1.1 send_grad1.1->1 "
+            "recv_grad0.0<-1 B0.0 recv_grad1.0<-1 B1.0 reduce");
+  EXPECT_EQ(join(b.instructions[1]),
+            "recv_act0.0<-0 F0.0 send_act0.0->0 recv_act1.0<-0 F1.0 send_act1.0->0 recv_act0.1<-0 F0.1 B0.1 "
+            "send_grad0.1->0 recv_act1.1<-0 F1.1 B1.1 send_grad1.1->0 recv_grad0.0<-0 B0.0 send_grad0.0->0 "
+            "recv_grad1.0<-0 B1.0 send_grad1.0->0 reduce");
+  // The wrap boundary: stage 1 chunk 0 (virtual 1) → stage 0 chunk 1 (virtual 2) is boundary 1 at both ends.
+  EXPECT_EQ(boundary(b, 1, {Op::kSendActivation, 0, 0, 0}), 1);
+  EXPECT_EQ(boundary(b, 0, {Op::kRecvActivation, 0, 1, 1}), 1);
+  EXPECT_EQ(boundary(b, 0, {Op::kSendGrad, 0, 1, 1}), 1);
+  EXPECT_EQ(boundary(b, 1, {Op::kRecvGrad, 0, 0, 0}), 1);
+}
+
+TEST(PipelineSchedule, ValidateFindsBrokenLists) {
+  const Schedule good = one_f_one_b(2, 2);
+  auto find = [](const std::vector<std::string>& problems, const std::string& text) {
+    return std::any_of(problems.begin(), problems.end(),
+                       [&](const std::string& line) { return line.find(text) != std::string::npos; });
+  };
+  {  // backward before forward on the last stage
+    Schedule s = good;
+    auto& list = s.instructions[1];  // recv_act0 F0 B0 send_grad0 ...
+    std::swap(list[1], list[2]);
+    EXPECT_TRUE(find(validate(s), "before its forward")) << join(validate(s));
+  }
+  {  // a receive dropped: the send is never received
+    Schedule s = good;
+    auto& list = s.instructions[1];
+    list.erase(list.begin());  // recv_act0.0<-0
+    const auto problems = validate(s);
+    EXPECT_TRUE(find(problems, "0 recv_activation of micro-batch 0")) << join(problems);
+    EXPECT_TRUE(find(problems, "never received")) << join(problems);
+  }
+  {  // stage 0 waits for a gradient before sending the activation that produces it
+    Schedule s = good;
+    auto& list = s.instructions[0];  // F0 send_act0 F1 send_act1 recv_grad0 B0 ...
+    const Instruction recv = list[4];
+    list.erase(list.begin() + 4);
+    list.insert(list.begin() + 1, recv);
+    EXPECT_TRUE(find(validate(s), "deadlock")) << join(validate(s));
+    EXPECT_THROW(simulate(s, Costs::equal(2, 1, 1, 1)), std::logic_error);
+  }
+  {  // wrong peer
+    Schedule s = gpipe(4, 2);
+    s.instructions[2][0].peer = 3;  // recv_act0.0 should come from stage 1
+    EXPECT_TRUE(find(validate(s), "names peer 3, but virtual stage 1 is on stage 1")) << join(validate(s));
+  }
+  {  // two activations received out of the order they were sent on the channel
+    Schedule s = gpipe(2, 2);
+    auto& list = s.instructions[1];  // recv_act0 F0 recv_act1 F1 ...
+    std::swap(list[0], list[2]);
+    std::swap(list[1], list[3]);
+    EXPECT_TRUE(find(validate(s), "received before")) << join(validate(s));
+  }
+  {  // no reduce
+    Schedule s = good;
+    s.instructions[0].pop_back();
+    EXPECT_TRUE(find(validate(s), "0 reduce instructions")) << join(validate(s));
+  }
+}
+
+// Equal costs: every stage busy m·(f + b) (v·m·(f + b) for chunks), the pipeline full after p − 1 steps.
+TEST(PipelineSimulator, BubbleOfGpipeAndOneFOneBIsExact) {
+  for (int p : kStages) {
+    for (int m : {1, 2, 3, 4, 8, 16, 32}) {
+      for (auto [f, b] : {std::pair{1.0, 1.0}, {1.0, 2.0}, {2.0, 3.0}}) {
+        for (const Schedule& schedule : {gpipe(p, m), one_f_one_b(p, m)}) {
+          SCOPED_TRACE(fmt::format("{} p={} m={} f={} b={}", schedule.name, p, m, f, b));
+          const Timeline t = simulate(schedule, Costs::equal(p, 1, f, b));
+          const double expected = double(p - 1) / double(m + p - 1);
+          EXPECT_EQ(t.makespan, (m + p - 1) * (f + b));
+          EXPECT_NEAR(t.bubble(), expected, 1e-12);
+          for (int s = 0; s < p; ++s) {
+            EXPECT_EQ(t.busy[s], m * (f + b));
+            EXPECT_NEAR(t.bubble(s), expected, 1e-12);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(PipelineSimulator, BubbleOfInterleavedIsExact) {
+  for (int p : kStages) {
+    for (int v : {2, 3, 4}) {
+      for (int m : {p, 2 * p, 4 * p}) {
+        // A stage's forward costs v·f and its backward v·b, so each chunk costs f and b.
+        for (auto [f, b] : {std::pair{1.0, 1.0}, {1.0, 2.0}}) {
+          SCOPED_TRACE(fmt::format("interleaved p={} v={} m={} f={} b={}", p, v, m, f, b));
+          const Schedule schedule = interleaved(p, m, v);
+          const Timeline t = simulate(schedule, Costs::per_stage(std::vector<double>(p, v * f),
+                                                                 std::vector<double>(p, v * b), v));
+          EXPECT_EQ(t.makespan, (v * m + p - 1) * (f + b));
+          EXPECT_NEAR(t.bubble(), double(p - 1) / double(v * m + p - 1), 1e-12);
+        }
+      }
+    }
+  }
+}
+
+// A timeline worked out by hand: 1F1B, p = 2, m = 2, forward 1, backward 2.
+TEST(PipelineSimulator, TimelineByHand) {
+  const Schedule schedule = one_f_one_b(2, 2);
+  const Timeline t = simulate(schedule, Costs::equal(2, 1, 1, 2));
+  auto computes = [&](int s) {
+    std::string out;
+    for (size_t i = 0; i < schedule.instructions[s].size(); ++i) {
+      const Instruction& in = schedule.instructions[s][i];
+      if (is_compute(in.op))
+        out += fmt::format("{}[{:g},{:g}] ", to_string(in), t.spans[s][i].start, t.spans[s][i].end);
+    }
+    return out;
+  };
+  // Stage 1 gets micro-batch 0 at 1, runs its backward at once, and micro-batch 1 (sent at 2) after it; stage 0
+  // waits for each gradient.
+  EXPECT_EQ(computes(0), "F0.0[0,1] F1.0[1,2] B0.0[4,6] B1.0[7,9] ");
+  EXPECT_EQ(computes(1), "F0.0[1,2] B0.0[2,4] F1.0[4,5] B1.0[5,7] ");
+  EXPECT_EQ(t.makespan, 9);
+  EXPECT_EQ(t.idle[0], 3);
+  EXPECT_EQ(t.idle[1], 3);
+}
+
+// With a latency L each of the p − 1 boundaries is crossed twice on the critical path of GPipe.
+TEST(PipelineSimulator, LatencyAddsTwiceTheBoundaries) {
+  for (int p : kStages) {
+    for (int m : {1, 4, 8}) {
+      const Timeline t = simulate(gpipe(p, m), Costs::equal(p, 1, 1, 2, 0.5));
+      EXPECT_EQ(t.makespan, (m + p - 1) * 3 + 2 * (p - 1) * 0.5) << "p " << p << " m " << m;
+    }
+  }
+}
+
+TEST(PipelineSimulator, UnequalStagesMakeTheSlowOneTheBottleneck) {
+  // GPipe, p = 2, m = 4, stage 1 twice as slow: stage 1 computes back to back from t = 1 (forwards 2, backwards 4
+  // each), so the makespan is 1 + 4·2 + 4·4 + stage 0's last backward (2) = 27; stage 1 is busy 24 of it.
+  Costs costs;
+  costs.forward = {{1}, {2}};
+  costs.backward = {{2}, {4}};
+  const Timeline t = simulate(gpipe(2, 4), costs);
+  EXPECT_EQ(t.makespan, 27);
+  EXPECT_EQ(t.busy[0], 12);
+  EXPECT_EQ(t.busy[1], 24);
+  EXPECT_NEAR(t.bubble(1), 3.0 / 27.0, 1e-12);
+  EXPECT_NEAR(t.bubble(), (15.0 + 3.0) / (2 * 27.0), 1e-12);
+}
+
+TEST(PipelineSimulator, DrawsOneRowPerStage) {
+  const Schedule schedule = gpipe(2, 2);
+  const std::string text = draw(schedule, simulate(schedule, Costs::equal(2, 1, 1, 1)));
+  EXPECT_EQ(text,
+            "gpipe schedule: p = 2, m = 2, v = 1; makespan 6, bubble 33.3%\n"
+            "stage 0 | F0 F1 .  .  B0 B1 | idle 33.3%\n"
+            "stage 1 | .  F0 F1 B0 B1 .  | idle 33.3%\n");
+  // Longer computations span several cells; chunks are named when v > 1.
+  const Schedule two = interleaved(2, 2, 2);
+  const std::string lines = draw(two, simulate(two, Costs::equal(2, 2, 1, 2)));
+  EXPECT_NE(lines.find("stage 0 | F0.0 F1.0 F0.1 F1.1 "), std::string::npos) << lines;
+  // Stage 1: F0.0 [1,2], F1.0 [2,3], F0.1 [3,4], B0.1 [4,6], F1.1 [6,7], B1.1 [7,9], B0.0 [9,11], B1.0 [11,13].
+  EXPECT_NE(lines.find("stage 1 | .    F0.0 F1.0 F0.1 B0.1 ---- F1.1 B1.1 ---- B0.0 ---- B1.0 ---- .    .    |"),
+            std::string::npos)
+      << lines;
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 3);
+}
+
+TEST(PipelineSchedule, BadInputsNameTheKey) {
+  auto message = [](auto&& make) {
+    try {
+      make();
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no InputError");
+  };
+  auto has = [](const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; };
+
+  const std::string not_multiple = message([] { interleaved(4, 6, 2); });
+  EXPECT_TRUE(has(not_multiple, "train.grad_accum = 6")) << not_multiple;
+  EXPECT_TRUE(has(not_multiple, "parallel.pp = 4")) << not_multiple;
+  EXPECT_TRUE(has(not_multiple, "parallel.pp_virtual = 2")) << not_multiple;
+  EXPECT_TRUE(has(not_multiple, "use 4 or 8")) << not_multiple;
+  EXPECT_TRUE(has(message([] { interleaved(4, 2, 2); }), "use 4")) << message([] { interleaved(4, 2, 2); });
+
+  for (auto make : {+[] { gpipe(0, 4); }, +[] { one_f_one_b(0, 4); }, +[] { interleaved(0, 4, 2); },
+                    +[] { one_f_one_b(-1, 4); }}) {
+    EXPECT_TRUE(has(message(make), "parallel.pp = ")) << message(make);
+  }
+  EXPECT_TRUE(has(message([] { gpipe(2, 0); }), "train.grad_accum = 0"));
+  EXPECT_TRUE(has(message([] { one_f_one_b(2, 0); }), "train.grad_accum = 0"));
+  EXPECT_TRUE(has(message([] { interleaved(2, 4, 0); }), "parallel.pp_virtual = 0"));
+  EXPECT_TRUE(has(message([] { interleaved(1, 4, 2); }), "parallel.pp >= 2"));
+  EXPECT_TRUE(has(message([] { make_schedule("zero-bubble", 2, 4); }), "parallel.pp_schedule = \"zero-bubble\""));
+  EXPECT_TRUE(has(message([] { make_schedule("1f1b", 2, 4, 2); }), "parallel.pp_virtual = 2"));
+  EXPECT_EQ(make_schedule("gpipe", 2, 4).name, "gpipe");
+  EXPECT_EQ(make_schedule("1f1b", 2, 4).name, "1f1b");
+  EXPECT_EQ(make_schedule("interleaved", 2, 4, 2).name, "interleaved");
+}
+
+}  // namespace
+}  // namespace kolos::parallel::pipeline
