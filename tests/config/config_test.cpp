@@ -59,6 +59,8 @@ TEST(Config, UnknownKeysAndBadValuesNameTheCulprit) {
   EXPECT_NE(error_of([] { load_config("tiny", {"train.steps=0"}); }).find("train.steps"), std::string::npos);
   EXPECT_NE(error_of([] { load_config("tiny", {"model.heads=7"}); }).find("model.heads"), std::string::npos);
   EXPECT_NE(error_of([] { load_config("tiny", {"optim.schedule=zigzag"}); }).find("optim.schedule"), std::string::npos);
+  EXPECT_NE(error_of([] { load_config("tiny", {"optim.schedule=poly", "optim.decay_power=0"}); }).find("optim.decay_power"),
+            std::string::npos);
   EXPECT_NE(error_of([] { load_config("tiny", {"memory.budget=lots"}); }).find("memory.budget"), std::string::npos);
   EXPECT_NE(error_of([] { load_config("tiny", {"stepsonly"}); }).find("stepsonly"), std::string::npos);
   EXPECT_NE(error_of([] { load_config("no/such/file.toml", {}); }).find("no/such/file.toml"), std::string::npos);

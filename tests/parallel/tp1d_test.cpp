@@ -122,8 +122,8 @@ TEST(TensorParallel1d, MegatronSequenceParallelMatchesOneProcess) {
 // The column-parallel input gradient's all-reduce overlaps the weight gradients, from the ledger's timestamps: one
 // fused q|k|v-like step of three products whose input-gradient and weight-gradient products cost the same. Were the
 // all-reduce issued after the weight gradients (no overlap), it would start at the very end of backward; here it
-// starts after the input-gradient products — about half-way — and is complete while the weight gradients are still
-// being computed.
+// starts after the input-gradient products — about half-way — so the weight-gradient products run while it is in
+// flight. (When it completes depends on the peer thread's progress too, so that is not asserted.)
 TEST(TensorParallel1d, ColumnInputGradientAllReduceOverlapsTheWeightGradients) {
   test::run_thread_ranks(
       2,
@@ -149,11 +149,9 @@ TEST(TensorParallel1d, ColumnInputGradientAllReduceOverlapsTheWeightGradients) {
         ASSERT_NE(e.end, dist::Ledger::Clock::time_point{});
         const double span = std::chrono::duration<double>(t1 - t0).count();
         const double start = std::chrono::duration<double>(e.start - t0).count();
-        const double end = std::chrono::duration<double>(e.end - t0).count();
         EXPECT_LT(start, 0.75 * span) << "rank " << r << ": the all-reduce started at " << start * 1e3 << " ms of "
                                       << span * 1e3 << " ms of backward";
-        EXPECT_LT(end, 0.9 * span) << "rank " << r << ": the all-reduce completed at " << end * 1e3 << " ms of "
-                                   << span * 1e3 << " ms of backward";
+        EXPECT_GT(start, 0.0);
         EXPECT_TRUE(x.grad().defined());
       },
       std::chrono::seconds(30), 0, "tp");

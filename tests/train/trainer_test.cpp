@@ -58,7 +58,7 @@ TEST(Trainer, GradientAccumulationEqualsOneLargeBatch) {
   }
 }
 
-TEST(Trainer, ScheduleWarmupThenCosineToMinLr) {
+TEST(Trainer, ScheduleWarmupThenCosineLinearOrPolyToMinLr) {
   OptimConfig c;
   c.lr = 1.0;
   c.min_lr = 0.1;
@@ -70,6 +70,11 @@ TEST(Trainer, ScheduleWarmupThenCosineToMinLr) {
   EXPECT_NEAR(optim::lr_at(c, 110, 110), 0.1, 1e-12);
   c.schedule = "linear";
   EXPECT_NEAR(optim::lr_at(c, 35, 110), 0.1 + 0.9 * 0.75, 1e-12);
+  c.schedule = "poly";  // (1 − progress)^power; power 1 is linear
+  EXPECT_NEAR(optim::lr_at(c, 35, 110), 0.1 + 0.9 * 0.75, 1e-12);
+  c.decay_power = 2.0;
+  EXPECT_NEAR(optim::lr_at(c, 35, 110), 0.1 + 0.9 * 0.75 * 0.75, 1e-12);
+  EXPECT_NEAR(optim::lr_at(c, 110, 110), 0.1, 1e-12);
   c.schedule = "constant";
   EXPECT_DOUBLE_EQ(optim::lr_at(c, 50, 110), 1.0);
 }

@@ -1,5 +1,6 @@
 #include "kolos/config/config.h"
 
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -41,6 +42,9 @@ void for_each_key(Config& c, F&& f) {
   f("train", "global_batch", t.global_batch);
   f("train", "seed", t.seed);
   f("train", "dtype", t.dtype);
+  f("train", "loss_scale_init", t.loss_scale_init);
+  f("train", "loss_scale_growth_interval", t.loss_scale_growth_interval);
+  f("train", "loss_scale_hysteresis", t.loss_scale_hysteresis);
   f("train", "log_every", t.log_every);
   f("train", "eval_every", t.eval_every);
   f("train", "eval_batches", t.eval_batches);
@@ -58,6 +62,7 @@ void for_each_key(Config& c, F&& f) {
   f("optim", "min_lr", o.min_lr);
   f("optim", "warmup_steps", o.warmup_steps);
   f("optim", "schedule", o.schedule);
+  f("optim", "decay_power", o.decay_power);
   f("optim", "weight_decay", o.weight_decay);
   f("optim", "beta1", o.beta1);
   f("optim", "beta2", o.beta2);
@@ -257,13 +262,33 @@ void validate(Config& cfg, int64_t world_size) {
   KOLOS_CHECK(t.threads >= 0, "config key train.threads: expected >= 0, got {}", t.threads);
   KOLOS_CHECK(t.sample_tokens >= 0, "config key train.sample_tokens: expected >= 0, got {}", t.sample_tokens);
   check_one_of<std::string>(t.dtype, {"fp32", "bf16", "fp16"}, "train.dtype");
-  KOLOS_CHECK(t.dtype == "fp32", "config key train.dtype: \"{}\" is not yet supported (mixed precision is issue 7); use \"fp32\"", t.dtype);
-  KOLOS_CHECK(t.activation_checkpointing == "none",
-              "config key train.activation_checkpointing: \"{}\" is not yet supported; use \"none\"", t.activation_checkpointing);
+  // Gloo (LibTorch 1.13) has no bf16 collectives, and the tensor- and sequence-parallel regions would send bf16
+  // activations: not yet supported.
+  KOLOS_CHECK(t.dtype != "bf16" || (cfg.parallel.tp == 1 && cfg.parallel.sp == 1),
+              "config key train.dtype: \"bf16\" is not yet supported with parallel.tp = {} / parallel.sp = {} (the "
+              "tensor- and sequence-parallel collectives would carry bf16, which Gloo lacks); use tp = sp = 1, or "
+              "train.dtype = \"fp32\" or \"fp16\"",
+              cfg.parallel.tp, cfg.parallel.sp);
+  KOLOS_CHECK(std::isfinite(t.loss_scale_init) && t.loss_scale_init > 0,
+              "config key train.loss_scale_init: expected a finite number > 0, got {}", t.loss_scale_init);
+  KOLOS_CHECK(t.loss_scale_growth_interval >= 1, "config key train.loss_scale_growth_interval: expected >= 1, got {}",
+              t.loss_scale_growth_interval);
+  KOLOS_CHECK(t.loss_scale_hysteresis >= 1, "config key train.loss_scale_hysteresis: expected >= 1, got {}",
+              t.loss_scale_hysteresis);
+  // "none", "full" (every block) or "every:K" (blocks 0, K, 2K, ...); parallel::apply reads it.
+  const std::string& ckpt = t.activation_checkpointing;
+  const std::string every = ckpt.rfind("every:", 0) == 0 ? ckpt.substr(6) : std::string();
+  KOLOS_CHECK(ckpt == "none" || ckpt == "full" ||
+                  (!every.empty() && every.size() <= 18 && every.find_first_not_of("0123456789") == std::string::npos &&
+                   std::stoll(every) >= 1),
+              "config key train.activation_checkpointing: expected \"none\", \"full\" or \"every:K\" with an integer "
+              "K >= 1, got \"{}\"", ckpt);
 
   auto& o = cfg.optim;
   check_one_of<std::string>(o.name, {"adamw", "sgd", "lars", "lamb", "lion"}, "optim.name");
-  check_one_of<std::string>(o.schedule, {"cosine", "linear", "constant"}, "optim.schedule");
+  check_one_of<std::string>(o.schedule, {"cosine", "linear", "poly", "constant"}, "optim.schedule");
+  KOLOS_CHECK(std::isfinite(o.decay_power) && o.decay_power > 0,
+              "config key optim.decay_power: expected a finite number > 0, got {}", o.decay_power);
   KOLOS_CHECK(o.lr > 0, "config key optim.lr: expected > 0, got {}", o.lr);
   KOLOS_CHECK(o.min_lr >= 0 && o.min_lr <= o.lr, "config key optim.min_lr: expected in [0, optim.lr = {}], got {}", o.lr, o.min_lr);
   KOLOS_CHECK(o.warmup_steps >= 0, "config key optim.warmup_steps: expected >= 0, got {}", o.warmup_steps);

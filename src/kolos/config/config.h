@@ -40,7 +40,12 @@ struct TrainConfig {
   int64_t grad_accum = 1;    // micro-steps per optimizer step
   int64_t global_batch = 0;  // 0 = batch_size*grad_accum*dp; set it to derive grad_accum
   int64_t seed = 1337;
-  std::string dtype = "fp32";  // "fp32" (bf16/fp16 arrive with mixed precision)
+  // "fp32"; "bf16": matrix products in bf16 (autocast), fp32 master weights, gradients and optimizer state;
+  // "fp16": fp32 arithmetic, gradients reduced in fp16 under a dynamic loss scale (train/trainer.h "Precision")
+  std::string dtype = "fp32";
+  double loss_scale_init = 65536.0;         // fp16: the initial loss scale (optim/loss_scaler.h)
+  int64_t loss_scale_growth_interval = 1000;  // fp16: steps without overflow before the scale doubles
+  int64_t loss_scale_hysteresis = 2;        // fp16: overflows in a row before the scale halves
   int64_t log_every = 10;
   int64_t eval_every = 200;    // 0 = only at the end
   int64_t eval_batches = 16;   // validation batches per evaluation (0 = the whole validation split)
@@ -59,7 +64,8 @@ struct OptimConfig {
   double lr = 1e-3;
   double min_lr = 1e-4;
   int64_t warmup_steps = 100;
-  std::string schedule = "cosine";  // "cosine" | "linear" | "constant"
+  std::string schedule = "cosine";  // "cosine" | "linear" | "poly" | "constant"
+  double decay_power = 1.0;           // "poly": lr = min_lr + (lr − min_lr)·(1 − progress)^decay_power
   double weight_decay = 0.1;
   double beta1 = 0.9;
   double beta2 = 0.95;

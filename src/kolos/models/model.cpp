@@ -6,6 +6,7 @@
 #include "kolos/models/gpt/gpt.h"
 #include "kolos/models/llama/llama.h"
 #include "kolos/nn/layers.h"
+#include "kolos/nn/recompute.h"
 
 namespace kolos::models {
 
@@ -77,6 +78,13 @@ at::Tensor Model::attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 at::Tensor Model::head(const at::Tensor& x, const at::Tensor& weight) const {
   return sharding_.head ? sharding_.head(x, weight) : at::matmul(x, weight.t());
+}
+
+at::Tensor Model::run_block(size_t i, std::function<at::Tensor(const at::Tensor&)> block, const at::Tensor& x) const {
+  // Evaluation and no-grad forwards keep nothing anyway.
+  if (i < checkpointed_.size() && checkpointed_[i] && training_ && at::GradMode::is_enabled())
+    return nn::recompute(std::move(block), x);
+  return block(x);
 }
 
 at::Tensor Model::dropout(const at::Tensor& x) const {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -51,6 +52,12 @@ class Model {
   const std::vector<NamedTensor>& params() const { return params_; }
   at::Tensor param(const std::string& name) const;
 
+  // Activation checkpointing from outside (parallel::apply): block i keeps only its input after forward and is
+  // recomputed in backward (nn::recompute, dropout masks replayed) when checkpointed[i]; empty or short: the rest
+  // are not. Applies in training mode with grad mode on; losses and gradients are bit-identical either way.
+  void set_checkpointing(std::vector<bool> checkpointed) { checkpointed_ = std::move(checkpointed); }
+  const std::vector<bool>& checkpointing() const { return checkpointed_; }
+
   // Training mode enables dropout.
   void set_training(bool training) { training_ = training; }
   bool training() const { return training_; }
@@ -64,6 +71,9 @@ class Model {
   // Called after the parameter table changed, so the model can refresh its layer references.
   virtual void on_params_bound() = 0;
   at::Tensor dropout(const at::Tensor& x) const;
+  // Block i of the forward loop: block(x), through nn::recompute when the block is checkpointed. `block` is kept
+  // until backward (capture by value what the block uses).
+  at::Tensor run_block(size_t i, std::function<at::Tensor(const at::Tensor&)> block, const at::Tensor& x) const;
   // The layers as the sharding makes them: a Linear over the parameters `<prefix>.weight` (and `<prefix>.bias`
   // when `bias`), its slot filled for a split weight; the token look-up; the output head's logits.
   nn::Linear linear(const std::string& prefix, bool bias) const;
@@ -78,6 +88,7 @@ class Model {
   ModelConfig config_;
   nn::Sharding sharding_;
   std::vector<NamedTensor> params_;
+  std::vector<bool> checkpointed_;
   bool training_ = true;
 };
 

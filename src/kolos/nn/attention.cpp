@@ -5,6 +5,7 @@
 #include <vector>
 #include <limits>
 
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace kolos::nn {
@@ -36,15 +37,26 @@ std::vector<std::pair<int64_t, int64_t>> block_ranges(const at::Tensor& position
 
 at::Tensor arange_pos(int64_t n) { return at::arange(n, at::kLong); }
 
+// The dtype of the products: the autocast dtype while CPU autocast is on (bf16 under train.dtype = "bf16"), else
+// q's. The kernel casts to it itself, so its backward (which runs outside the autocast scope) computes as its
+// forward did.
+at::ScalarType product_dtype(const at::Tensor& q) {
+  return at::autocast::is_cpu_enabled() ? at::autocast::get_autocast_cpu_dtype() : q.scalar_type();
+}
+
+// The dtype of the softmax statistics and running sums: fp32, or the products' dtype when that is wider (fp64).
+at::ScalarType stats_dtype(at::ScalarType products) { return at::promote_types(products, at::kFloat); }
+
 class CausalAttention : public torch::autograd::Function<CausalAttention> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             int64_t block) {
     const auto B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    at::Tensor qs = (q.reshape({B * H, T, D}) * scale).contiguous();
-    at::Tensor kf = k.reshape({B * H, T, D}).contiguous();
-    at::Tensor vf = v.reshape({B * H, T, D}).contiguous();
+    const at::ScalarType dtype = product_dtype(q);
+    at::Tensor qs = (q.reshape({B * H, T, D}) * scale).to(dtype).contiguous();
+    at::Tensor kf = k.reshape({B * H, T, D}).to(dtype).contiguous();
+    at::Tensor vf = v.reshape({B * H, T, D}).to(dtype).contiguous();
     const at::Tensor pos = arange_pos(T);
     auto [out, lse] = attention_forward_blocks(qs, kf, vf, pos, pos, block);
     ctx->save_for_backward({qs, kf, vf, out, lse});
@@ -65,8 +77,10 @@ class CausalAttention : public torch::autograd::Function<CausalAttention> {
     const int64_t N = qs.size(0), T = qs.size(1), D = qs.size(2);
     const auto shape = grads[0].sizes().vec();
     at::Tensor dout = grads[0].reshape({N, T, D}).contiguous();
-    at::Tensor delta = (dout * out).sum(-1, true);  // (N, T, 1)
-    at::Tensor dq = at::zeros_like(qs), dk = at::zeros_like(k), dv = at::zeros_like(v);
+    const at::ScalarType stats = stats_dtype(qs.scalar_type());
+    at::Tensor delta = (dout.to(stats) * out.to(stats)).sum(-1, true);  // (N, T, 1)
+    // Accumulators in the statistics' dtype; autograd casts each gradient to its input's dtype.
+    at::Tensor dq = at::zeros_like(qs, stats), dk = at::zeros_like(k, stats), dv = at::zeros_like(v, stats);
     const at::Tensor pos = arange_pos(T);
     attention_backward_blocks(qs, k, v, dout, lse, delta, pos, pos, block, dq, dk, dv);
     dq.mul_(scale);
@@ -82,8 +96,9 @@ std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, 
   const int64_t N = q.size(0), T = q.size(1), D = q.size(2), S = k.size(1);
   const float inf = std::numeric_limits<float>::infinity();
   const auto q_range = block_ranges(q_pos, block), k_range = block_ranges(k_pos, block);
+  const at::ScalarType dtype = q.scalar_type(), stats = stats_dtype(dtype);  // products; softmax statistics
   at::Tensor out = at::empty({N, T, D}, q.options());
-  at::Tensor lse = at::empty({N, T}, q.options());
+  at::Tensor lse = at::empty({N, T}, q.options().dtype(stats));
   for (int64_t q0 = 0; q0 < T; q0 += block) {
     const int64_t nq = std::min(block, T - q0);
     at::Tensor qb = q.narrow(1, q0, nq), qp = q_pos.narrow(0, q0, nq);
@@ -96,7 +111,7 @@ std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, 
       const auto& kr = k_range[k0 / block];
       if (kr.first > qr.second) continue;  // invisible
       at::Tensor kp = k_pos.narrow(0, k0, nk);
-      at::Tensor s = at::bmm(qb, k.narrow(1, k0, nk).transpose(1, 2));  // (N, nq, nk)
+      at::Tensor s = at::bmm(qb, k.narrow(1, k0, nk).transpose(1, 2)).to(stats);  // (N, nq, nk)
       if (kr.second > qr.first) mask_block(s, qp, kp);  // not all visible
       at::Tensor bm = std::get<0>(s.max(-1, /*keepdim=*/true));       // (N, nq, 1)
       if (!m.defined()) {
@@ -104,14 +119,14 @@ std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, 
         ms = m.masked_fill(m == -inf, 0);
         s.sub_(ms).exp_();
         l = s.sum(-1, true);
-        acc = at::bmm(s, v.narrow(1, k0, nk));
+        acc = at::bmm(s.to(dtype), v.narrow(1, k0, nk)).to(stats);
       } else {
         at::Tensor m_new = at::maximum(m, bm);
         at::Tensor ms_new = m_new.masked_fill(m_new == -inf, 0);
         at::Tensor corr = (ms - ms_new).exp_();
         s.sub_(ms_new).exp_();
         l.mul_(corr).add_(s.sum(-1, true));
-        acc.mul_(corr).add_(at::bmm(s, v.narrow(1, k0, nk)));
+        acc.mul_(corr).add_(at::bmm(s.to(dtype), v.narrow(1, k0, nk)));
         m = m_new;
         ms = ms_new;
       }
@@ -133,10 +148,11 @@ void attention_backward_blocks(const at::Tensor& q, const at::Tensor& k, const a
                                at::Tensor& dv) {
   const int64_t T = q.size(1), S = k.size(1);
   const auto q_range = block_ranges(q_pos, block), k_range = block_ranges(k_pos, block);
+  const at::ScalarType dtype = q.scalar_type(), stats = stats_dtype(dtype);  // products; probabilities and dS
   for (int64_t q0 = 0; q0 < T; q0 += block) {
     const int64_t nq = std::min(block, T - q0);
     at::Tensor qb = q.narrow(1, q0, nq), qp = q_pos.narrow(0, q0, nq);
-    at::Tensor dob = dout.narrow(1, q0, nq);
+    at::Tensor dob = dout.narrow(1, q0, nq).to(dtype);
     at::Tensor lseb = lse.narrow(1, q0, nq).unsqueeze(-1);
     at::Tensor deltab = delta.narrow(1, q0, nq);
     for (int64_t k0 = 0; k0 < S; k0 += block) {
@@ -146,14 +162,15 @@ void attention_backward_blocks(const at::Tensor& q, const at::Tensor& k, const a
       if (kr.first > qr.second) continue;  // invisible
       at::Tensor kp = k_pos.narrow(0, k0, nk);
       at::Tensor kb = k.narrow(1, k0, nk), vb = v.narrow(1, k0, nk);
-      at::Tensor p = at::bmm(qb, kb.transpose(1, 2));
+      at::Tensor p = at::bmm(qb, kb.transpose(1, 2)).to(stats);
       if (kr.second > qr.first) mask_block(p, qp, kp);
       p.sub_(lseb).exp_();                                         // probabilities (N, nq, nk)
-      dv.narrow(1, k0, nk).add_(at::bmm(p.transpose(1, 2), dob));
-      at::Tensor ds = at::bmm(dob, vb.transpose(1, 2));            // dP
-      ds.sub_(deltab).mul_(p);                                     // dS = P * (dP - delta)
-      dq.narrow(1, q0, nq).add_(at::bmm(ds, kb));
-      dk.narrow(1, k0, nk).add_(at::bmm(ds.transpose(1, 2), qb));
+      dv.narrow(1, k0, nk).add_(at::bmm(p.transpose(1, 2).to(dtype), dob));
+      at::Tensor ds = at::bmm(dob, vb.transpose(1, 2)).to(stats);  // dP
+      ds.sub_(deltab).mul_(p);                                          // dS = P * (dP - delta)
+      const at::Tensor dsc = ds.to(dtype);
+      dq.narrow(1, q0, nq).add_(at::bmm(dsc, kb));
+      dk.narrow(1, k0, nk).add_(at::bmm(dsc.transpose(1, 2), qb));
     }
   }
 }

@@ -2,6 +2,11 @@
 // and keys with the running max / log-sum-exp arithmetic, keeping only the output and the log-sum-exp for
 // backward (scores are recomputed block by block in backward, so no T x T matrix is ever stored; a sequence of
 // at most `block` tokens is a single block). Used by every layout, one process included.
+//
+// Precision: the matrix products run in the dtype of the (cast) inputs — bf16 when CPU autocast is on (train.dtype
+// = "bf16": causal_attention casts q, k, v to the autocast dtype, and its backward computes in the same dtype
+// although it runs outside the autocast scope) — while scores, probabilities, the log-sum-exp and the running sums
+// are fp32 (fp64 inputs stay fp64). In fp32 and fp64 nothing is cast.
 #pragma once
 
 #include <cstdint>
@@ -25,8 +30,8 @@ at::Tensor expand_kv(const at::Tensor& kv, int64_t heads);
 // The kernel's two halves, for attention split across ranks (ring attention), over (N, T, D) queries already
 // scaled by 1/sqrt(D) and (N, S, D) keys and values, with the positions of the queries (T) and keys (S), int64, in
 // any order: key j is visible to query i when k_pos[j] <= q_pos[i].
-// Forward returns the output (N, T, D) and the log-sum-exp (N, T) over the visible keys (output 0 and lse −inf for
-// a query that sees none of these keys).
+// Forward returns the output (N, T, D; q's dtype) and the log-sum-exp (N, T; fp32, fp64 for fp64 inputs) over the
+// visible keys (output 0 and lse −inf for a query that sees none of these keys).
 std::pair<at::Tensor, at::Tensor> attention_forward_blocks(const at::Tensor& q, const at::Tensor& k,
                                                            const at::Tensor& v, const at::Tensor& q_pos,
                                                            const at::Tensor& k_pos, int64_t block = kAttentionBlock);

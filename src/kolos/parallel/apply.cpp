@@ -1,5 +1,9 @@
 #include "kolos/parallel/apply.h"
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "kolos/core/error.h"
 #include "kolos/parallel/sequence/sequence.h"
 #include "kolos/parallel/tensor/tp1d.h"
@@ -18,11 +22,10 @@ void apply_tensor_sequence(models::Model& model, const Config& config, const Pla
   model.set_sharding(std::move(sharding));
 }
 
-// Slot 2 (issue 7): activation checkpointing.
-void apply_activation_checkpointing(models::Model& /*model*/, const Config& config) {
-  KOLOS_CHECK(config.train.activation_checkpointing == "none",
-              "train.activation_checkpointing = \"{}\": not yet supported; use \"none\"",
-              config.train.activation_checkpointing);
+// Slot 2: activation checkpointing. The blocks keep their input only and are recomputed in backward
+// (Model::run_block, nn::recompute).
+void apply_activation_checkpointing(models::Model& model, const Config& config) {
+  model.set_checkpointing(checkpointed_blocks(config));
 }
 
 // Slot 3 (issue 6): pipeline split.
@@ -41,6 +44,22 @@ std::unique_ptr<DataParallel> apply_data_parallel(models::Model& model, const Co
 }
 
 }  // namespace
+
+std::vector<bool> checkpointed_blocks(const Config& config) {
+  const std::string& spec = config.train.activation_checkpointing;
+  const int64_t layers = config.model.layers;
+  std::vector<bool> checkpointed(layers, false);
+  if (spec == "full") {
+    checkpointed.assign(layers, true);
+  } else if (spec.rfind("every:", 0) == 0) {
+    const int64_t k = std::stoll(spec.substr(6));
+    KOLOS_ASSERT(k >= 1, "train.activation_checkpointing = \"{}\" passed validation", spec);
+    for (int64_t i = 0; i < layers; i += k) checkpointed[i] = true;
+  } else {
+    KOLOS_ASSERT(spec == "none", "train.activation_checkpointing = \"{}\" passed validation", spec);
+  }
+  return checkpointed;
+}
 
 Parallelized apply(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh) {
   KOLOS_ASSERT(mesh ? mesh->world_size() == plan.world : plan.world == 1,

@@ -2,7 +2,8 @@
 // parallelised from outside"). It applies, in this fixed order, one slot per technique:
 //   1. tensor / sequence sharding: the model's nn::Sharding (1D tensor parallelism with Megatron-SP; ring or
 //      Ulysses attention on the sp axis)
-//   2. activation checkpointing                                                           (issue 7; refused now)
+//   2. activation checkpointing: the blocks that train.activation_checkpointing names keep only their input and are
+//      recomputed in backward (Model::set_checkpointing; "full", or "every:K": blocks 0, K, 2K, ...)
 //   3. pipeline split                                                                     (issue 6; refused now)
 //   4. data parallel, ZeRO-1/2 (parallel/data/data_parallel.h); ZeRO-3 chunks             (issue 4; refused now)
 // Later issues fill their slot and lift their rule in make_plan(); nothing else changes. A layer's forward never
@@ -10,6 +11,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "kolos/config/config.h"
 #include "kolos/dist/mesh.h"
@@ -23,6 +25,10 @@ namespace kolos::parallel {
 struct Parallelized {
   std::unique_ptr<DataParallel> data;  // owns the parameters, gradients and optimizer of this rank
 };
+
+// Which blocks train.activation_checkpointing (validated by load_config) recomputes: "none"; "full", every block;
+// "every:K", blocks 0, K, 2K, ... (every:1 = full).
+std::vector<bool> checkpointed_blocks(const Config& config);
 
 // `mesh` is null for one process. The plan must come from make_plan() with the mesh's world size. Parameters are
 // initialised from (config.train.seed, name) on their global shapes, so every layout starts from the same weights.

@@ -4,6 +4,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +21,7 @@
 #include "kolos/models/model.h"
 #include "kolos/core/error.h"
 #include "kolos/optim/optimizer.h"
+#include "kolos/parallel/apply.h"
 #include "kolos/parallel/plan.h"
 
 extern char** environ;
@@ -127,33 +129,36 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
 //   sp ring:    forward 2 sends (keys, values) per shift, p − 1 shifts per block; backward 2 (p − 1) + 2 p (the
 //               gradient accumulators take one more shift home).
 //   sp Ulysses: 4 all-to-alls per block (q, k, v and the output) in forward, 4 in backward.
+// A block under activation checkpointing (`recomputed` of them) runs its forward again in backward, with its forward
+// collectives (counted in the forward phase).
 std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, int64_t layers,
-                                                                             int64_t micro_steps, int64_t steps) {
+                                                                             int64_t recomputed, int64_t micro_steps,
+                                                                             int64_t steps) {
   std::map<std::tuple<std::string, std::string, std::string>, int64_t> want;
-  const int64_t L = layers, m = micro_steps;
+  const int64_t L = layers, m = micro_steps, F = layers + recomputed;  // block forwards per micro-step
   if (plan.tp > 1 && !plan.megatron_sp) {
-    want[{"tp", "all_reduce", "forward"}] = m * (2 * L + 1 + 3);
+    want[{"tp", "all_reduce", "forward"}] = m * (2 * F + 1 + 3);
     want[{"tp", "all_reduce", "backward"}] = m * (2 * L + 1);
   } else if (plan.tp > 1) {
-    want[{"tp", "all_gather", "forward"}] = m * (2 * L + 1);
-    want[{"tp", "reduce_scatter", "forward"}] = m * 2 * L;
+    want[{"tp", "all_gather", "forward"}] = m * (2 * F + 1);
+    want[{"tp", "reduce_scatter", "forward"}] = m * 2 * F;
     want[{"tp", "all_reduce", "forward"}] = m * 4;
     want[{"tp", "reduce_scatter", "backward"}] = m * (2 * L + 1);
     want[{"tp", "all_gather", "backward"}] = m * (2 * L + 1);
     want[{"tp", "all_reduce", "backward"}] = steps;
   }
   if (plan.sp > 1 && plan.sp_mode == "ring") {
-    want[{"sp", "send", "forward"}] = m * L * 2 * (plan.sp - 1);
+    want[{"sp", "send", "forward"}] = m * F * 2 * (plan.sp - 1);
     want[{"sp", "send", "backward"}] = m * L * (2 * (plan.sp - 1) + 2 * plan.sp);
   } else if (plan.sp > 1) {
-    want[{"sp", "all_to_all", "forward"}] = m * L * 4;
+    want[{"sp", "all_to_all", "forward"}] = m * F * 4;
     want[{"sp", "all_to_all", "backward"}] = m * L * 4;
   }
   return want;
 }
 
-void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, const std::string& run_dir, int64_t steps,
-                 int64_t states, int64_t elements, Outcome& out) {
+void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, int64_t recomputed, const std::string& run_dir,
+                 int64_t steps, int64_t states, int64_t elements, Outcome& out) {
   for (int r = 0; r < layout.processes; ++r) {
     const fs::path path = fs::path(run_dir) / "ranks" / fmt::format("rank_{}.json", r);
     std::ifstream in(path);
@@ -187,7 +192,7 @@ void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, const s
       if (!c.contains(on) || !c[on].contains(op) || !c[on][op].contains(phase)) return 0;
       return c[on][op][phase]["calls"].get<int64_t>();
     };
-    for (const auto& [key, n] : axis_ops(plan, layers, steps * layout.grad_accum, steps)) {
+    for (const auto& [key, n] : axis_ops(plan, layers, recomputed, steps * layout.grad_accum, steps)) {
       const auto& [on, op, phase] = key;
       const int64_t got = calls_on(on, op, phase);
       if (got != n) {
@@ -261,6 +266,7 @@ int verify(const VerifyOptions& options) {
   const auto layouts = parse_layouts(options.layouts, global_batch);
   // Every layout must make a valid Plan before anything runs (bad input is exit 2 naming the layout).
   std::vector<Plan> plans;
+  std::vector<int64_t> recomputed;  // checkpointed blocks per layout
   for (const auto& l : layouts) {
     std::vector<std::string> sets = options.overrides;
     sets.insert(sets.end(), l.overrides.begin(), l.overrides.end());
@@ -268,7 +274,10 @@ int verify(const VerifyOptions& options) {
     sets.push_back(fmt::format("train.grad_accum={}", l.grad_accum));
     sets.push_back(fmt::format("train.global_batch={}", global_batch));
     try {
-      plans.push_back(make_plan(load_config(options.config, sets, l.processes), l.processes));
+      const Config config = load_config(options.config, sets, l.processes);
+      plans.push_back(make_plan(config, l.processes));
+      const auto blocks = checkpointed_blocks(config);
+      recomputed.push_back(std::count(blocks.begin(), blocks.end(), true));
     } catch (const InputError& e) {
       throw InputError(fmt::format("--layouts: layout \"{}\": {}", l.text, e.what()));
     }
@@ -364,7 +373,7 @@ int verify(const VerifyOptions& options) {
       for (int64_t d : spec.local_shape(l.tp)) n *= d;
       elements += n;
     }
-    check_ranks(l, plans[i], base.model.layers, dir, static_cast<int64_t>(ref_losses.size()),
+    check_ranks(l, plans[i], base.model.layers, recomputed[i], dir, static_cast<int64_t>(ref_losses.size()),
                 optim::state_buffers(base.optim), elements, out);
     out.ok = out.ok && out.loss_rel <= options.tolerance && out.param_rel <= options.tolerance;
     all_ok = all_ok && out.ok;

@@ -1,5 +1,6 @@
 // kolos bench train: times training steps of a model (default GPT-2-small shapes at sequence 256, batch 4, fp32,
-// synthetic tokens) and, with --pytorch, runs bench/pytorch_train.py on the same shapes in the same invocation.
+// synthetic tokens; --set train.dtype=bf16 for mixed precision) and, with --pytorch, runs bench/pytorch_train.py
+// (fp32) on the same shapes in the same invocation.
 #include "kolos/train/bench_train.h"
 
 #include <algorithm>
@@ -79,7 +80,7 @@ int bench_train_main(int argc, char** argv) {
   const int threads = configure_threads(config.train.threads, env.local_world_size);
   const bool rank0 = env.rank == 0;
   GemmBenchOptions gemm_options;
-  gemm_options.bf16 = false;
+  gemm_options.bf16 = config.train.dtype == "bf16";  // the bf16 rate as a second yardstick
   const GemmBenchResult gemm = run_gemm_bench(2048, threads, gemm_options);
 
   Trainer trainer(config, options, env);
@@ -115,8 +116,14 @@ int bench_train_main(int argc, char** argv) {
                         {"layout", trainer.plan().describe()},
                         {"tokens_per_s_per_rank", tps / env.world_size},
                         {"gemm_fp32_gflops", gemm.fp32_gflops},
+                        {"dtype", config.train.dtype},
                         {"params", trainer.model().num_params()},
                         {"flops_per_token", trainer.flops_per_token()}};
+  if (gemm.bf16_gflops > 0) {
+    // MFU against the bf16 product rate: how much of what bf16 could do the step uses (mfu stays fp32-based).
+    out["gemm_bf16_gflops"] = gemm.bf16_gflops;
+    out["mfu_vs_bf16_gemm"] = tps / env.world_size * trainer.flops_per_token() / (gemm.bf16_gflops * 1e9);
+  }
   if (!rank0) return 0;
   if (pytorch) {
     KOLOS_CHECK(m.arch == "gpt2", "bench train --pytorch: the PyTorch reference is GPT-2 only, got model.arch = {}", m.arch);

@@ -1,5 +1,6 @@
 #include "kolos/train/trainer.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cmath>
 #include <filesystem>
@@ -8,6 +9,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
@@ -50,6 +52,22 @@ void add_comm(nlohmann::json& total, const nlohmann::json& part) {
 
 }  // namespace
 
+AutocastScope::AutocastScope(bool enabled, at::ScalarType dtype) : enabled_(enabled) {
+  if (!enabled_) return;
+  was_enabled_ = at::autocast::is_cpu_enabled();
+  was_dtype_ = at::autocast::get_autocast_cpu_dtype();
+  if (at::autocast::increment_nesting() == 1) at::autocast::clear_cache();
+  at::autocast::set_cpu_enabled(true);
+  at::autocast::set_autocast_cpu_dtype(dtype);
+}
+
+AutocastScope::~AutocastScope() {
+  if (!enabled_) return;
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_cpu_enabled(was_enabled_);
+  at::autocast::set_autocast_cpu_dtype(was_dtype_);
+}
+
 int configure_threads(int64_t threads, int local_ranks) {
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   const int n = threads > 0 ? static_cast<int>(threads) : cores / std::max(1, local_ranks);
@@ -88,6 +106,14 @@ Trainer::Trainer(Config config, RunOptions options, dist::DistEnv env)
   lo.seed = config_.train.seed;
   loader_ = std::make_unique<data::Loader>(lo);
   par_ = parallel::apply(*model_, config_, plan_, mesh_.get());
+  autocast_ = config_.train.dtype == "bf16";
+  if (config_.train.dtype == "fp16") {
+    optim::LossScalerOptions so;
+    so.init_scale = config_.train.loss_scale_init;
+    so.growth_interval = config_.train.loss_scale_growth_interval;
+    so.hysteresis = config_.train.loss_scale_hysteresis;
+    scaler_.emplace(so);
+  }
 }
 
 Trainer::~Trainer() {
@@ -129,23 +155,30 @@ StepResult Trainer::train_step(int64_t step) {
   for (const auto& b : micro) r.tokens += b.input.numel() * plan_.dp;
   for (auto& b : micro) b = sequence_slice(b);
 
-  // 2. Forward and backward per micro-batch; the hooks launch the bucket reductions during backward.
+  // 2. Forward (bf16: under autocast) and backward of the loss × the loss scale (fp16) per micro-batch; the hooks
+  //    launch the bucket reductions during backward.
   // 3. end_micro() waits for them.
   dp.begin_step();
+  const double loss_scale = scaler_ ? scaler_->scale() : 1.0;
+  const bool inject_inf = std::find(options_.test_inf_grad_steps.begin(), options_.test_inf_grad_steps.end(),
+                                    step) != options_.test_inf_grad_steps.end();
   double loss_sum = 0;
   for (int64_t k = 0; k < accum; ++k) {
     const auto& b = micro[k];
     dp.begin_micro(k, accum);
+    if (inject_inf && k == accum - 1) dp.inject_inf_for_test();
     at::Tensor loss;
     {
       dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kForward);
+      AutocastScope autocast(autocast_);
       loss = model_->loss(b.input, b.target);
     }
     loss_sum += loss.item<double>();
     {
       dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kBackward);
       r.backward_start = std::chrono::steady_clock::now();
-      (accum > 1 ? loss / static_cast<double>(accum) : loss).backward();
+      at::Tensor objective = accum > 1 ? loss / static_cast<double>(accum) : loss;
+      (scaler_ ? objective * loss_scale : objective).backward();
       r.backward_end = std::chrono::steady_clock::now();
       dp.end_micro();
     }
@@ -155,16 +188,30 @@ StepResult Trainer::train_step(int64_t step) {
   r.loss = loss_t.item<double>();
   r.fwd_bwd_ms = step_timer.ms();
 
-  // 4. Clip with the global norm (folded into the optimizer's gradient scale).
+  // 4. fp16: all ranks agree whether any gradient overflowed (inf/NaN); an overflow skips the step everywhere.
+  //    Clip with the global norm of the unscaled gradients; 1/S and the clipping factor fold into the optimizer's
+  //    gradient scale.
   Timer optim_timer;
-  r.grad_norm = dp.grad_norm();
-  double scale = 1.0;
-  if (config_.optim.grad_clip > 0 && r.grad_norm > config_.optim.grad_clip)
-    scale = config_.optim.grad_clip / (r.grad_norm + 1e-6);
-
-  // 5. Optimizer step with this step's learning rate (ZeRO: on the shard, then the all-gather).
+  r.grad_norm = dp.grad_norm() / loss_scale;
   r.lr = optim::lr_at(config_.optim, step, config_.train.steps);
-  dp.optimizer_step(r.lr, scale);
+  bool apply = true;
+  if (scaler_) {
+    at::Tensor overflow = at::full({1}, std::isfinite(r.grad_norm) ? 0.0 : 1.0, at::kDouble);
+    {
+      dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOptimizer);
+      all_reduce_world(overflow, dist::ReduceOp::kMax);
+    }
+    apply = scaler_->update(overflow.item<double>() > 0);
+    r.skipped = !apply;
+    r.loss_scale = scaler_->scale();
+  }
+  double scale = 1.0 / loss_scale;
+  if (config_.optim.grad_clip > 0 && r.grad_norm > config_.optim.grad_clip)
+    scale *= config_.optim.grad_clip / (r.grad_norm + 1e-6);
+
+  // 5. Optimizer step with this step's learning rate (ZeRO: on the shard, then the all-gather). A skipped step
+  //    leaves parameters and optimizer state as they are; the next begin_step() drops its gradients.
+  if (apply) dp.optimizer_step(r.lr, scale);
   r.optim_ms = optim_timer.ms();
 
   // 6. Metrics.
@@ -181,7 +228,11 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
   double nll = 0, tokens = 0;
   for (int64_t i = rank; i < n; i += plan_.dp) {
     data::Batch b = sequence_slice(loader_->val_batch(i));
-    at::Tensor loss = model_->loss(b.input, b.target);
+    at::Tensor loss;
+    {
+      AutocastScope autocast(autocast_);
+      loss = model_->loss(b.input, b.target);
+    }
     nll += loss.item<double>() * static_cast<double>(b.target.numel());
     tokens += static_cast<double>(b.target.numel());
   }
@@ -219,6 +270,7 @@ void Trainer::save(int64_t step_done) {
              {"optimizer", optim::rule_options(config_.optim)},
              {"layout", plan_.describe()},
              {"world_size", env_.world_size}};
+  if (scaler_) d.state["loss_scaler"] = scaler_->state();
   d.config_toml = dump_toml(config_);
   checkpoint::save_checkpoint(options_.out_dir, d, config_.train.keep_checkpoints);
 }
@@ -252,6 +304,9 @@ void Trainer::restore(const std::string& dir) {
   start_step_ = d.state["step"].get<int64_t>();
   tokens_seen_ = d.state.value("tokens", int64_t{0});
   elapsed_s_ = d.state.value("elapsed_s", 0.0);
+  // A checkpoint of an fp32 or bf16 run has no scaler state: an fp16 run resumed from it starts a fresh scale.
+  if (scaler_ && d.state.contains("loss_scaler"))
+    scaler_->load_state(d.state["loss_scaler"], fmt::format("checkpoint {}: state", dir));
   auto rng = d.optim.find("rng.cpu");
   KOLOS_CHECK(rng != d.optim.end(), "checkpoint {}: optim.safetensors lacks rng.cpu", dir);
   if (dp_rank() == 0) {
@@ -382,6 +437,10 @@ nlohmann::json Trainer::train() {
                             {"mfu", peak_flops > 0 ? tps * fpt / peak_flops : 0.0},
                             {"peak_rss_mb", rss.item<double>() / 1048576.0},
                             {"comm", comm}};
+      if (scaler_) {
+        rec["loss_scale"] = r.loss_scale;
+        rec["skipped_steps"] = scaler_->skipped_steps();
+      }
       if (t.trace_comm) rec["comm_trace"] = comm_trace(r);
       add_comm(comm_total_, comm);
       if (eval_now) {
@@ -442,6 +501,10 @@ nlohmann::json Trainer::train() {
                             {"world_size", env_.world_size},
                             {"layout", plan_.describe()},
                             {"peak_rss_mb", rss.item<double>() / 1048576.0}};
+  if (scaler_) {
+    summary["loss_scale"] = scaler_->scale();
+    summary["skipped_steps"] = scaler_->skipped_steps();
+  }
   if (finished && options_.final_eval) {
     auto [vl, bpb] = evaluate(t.eval_batches);
     summary["val_loss"] = vl;

@@ -11,6 +11,17 @@
 //   train_step()  numbered phases: 1 fetch micro-batches, 2 forward/backward (gradient reductions launched from
 //                 backward), 3 wait for the reductions, 4 clip with the global norm, 5 optimizer step (and the
 //                 ZeRO all-gather), 6 schedule and metrics (loss averaged over the dp ranks).
+//
+// Precision (train.dtype, README "Configuration"). Master weights, gradients and optimizer state are fp32 always.
+//   "bf16"  forward (and evaluation) under bf16 autocast (AutocastScope below): the matrix products run in bf16
+//           on bf16 copies of the weights, the loss in fp32; backward (outside the scope) runs the same products
+//           in bf16, their saved inputs being bf16, and the weights' gradients arrive in fp32 through the casts.
+//   "fp16"  fp32 arithmetic (LibTorch 1.13 has no fp16 matrix products on the CPU), gradients reduced in fp16
+//           (parallel/data/data_parallel.h), with a dynamic loss scale S (optim/loss_scaler.h): backward of S·loss;
+//           after the reductions every rank checks its gradients for inf/NaN and all ranks agree (a max over the
+//           world); an overflow skips the step on every rank (no update, the gradients are dropped); else the
+//           optimizer applies 1/S fused with the clipping factor, which sees the unscaled norm. The scaler's
+//           state is checkpointed; metrics.jsonl records carry loss_scale (after the step) and skipped_steps.
 #pragma once
 
 #include <atomic>
@@ -19,6 +30,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +40,7 @@
 #include "kolos/models/model.h"
 #include "kolos/dist/env.h"
 #include "kolos/dist/mesh.h"
+#include "kolos/optim/loss_scaler.h"
 #include "kolos/parallel/apply.h"
 
 namespace kolos::train {
@@ -38,12 +51,17 @@ struct RunOptions {
   int64_t stop_after = 0;               // > 0: stop (with a checkpoint) once this many steps are done
   bool write_run_dir = true;            // false for benchmarks: no files, no checkpoints
   bool final_eval = true;
+  // Test hook (tests/train/mixed_precision_test.cpp), not for training: at these steps (0-based) this rank writes
+  // +inf into its local gradient before the reduction (DataParallel::inject_inf_for_test).
+  std::vector<int64_t> test_inf_grad_steps;
 };
 
 struct StepResult {
   double loss = 0;       // mean over the micro-batches
   double grad_norm = 0;  // global L2 norm before clipping
   double lr = 0;
+  double loss_scale = 1;  // fp16: the scale after this step's update (1 otherwise)
+  bool skipped = false;   // fp16: the gradients overflowed and the step was skipped on every rank
   double step_ms = 0, fwd_bwd_ms = 0, optim_ms = 0;
   int64_t tokens = 0;  // all ranks
   // Last micro-step's backward (for train.trace_comm).
@@ -77,6 +95,10 @@ class Trainer {
   int64_t start_step() const { return start_step_; }
   // Model FLOPs per token: 6 N' + 12 l h s (DESIGN "Benchmarks").
   double flops_per_token() const;
+  // train.dtype = "fp16": the dynamic loss scaler; null otherwise.
+  const optim::LossScaler* loss_scaler() const { return scaler_ ? &*scaler_ : nullptr; }
+  // The owner of this rank's flat parameter, gradient and optimizer buffers.
+  const parallel::DataParallel& data_parallel() const { return *par_.data; }
 
  private:
   void save(int64_t step_done);
@@ -105,9 +127,30 @@ class Trainer {
   std::unique_ptr<models::Model> model_;
   std::unique_ptr<data::Loader> loader_;
   parallel::Parallelized par_;
+  bool autocast_ = false;                   // train.dtype = "bf16"
+  std::optional<optim::LossScaler> scaler_;  // train.dtype = "fp16"
   int64_t start_step_ = 0;
   int64_t tokens_seen_ = 0;
   double elapsed_s_ = 0;  // training time of earlier runs of this run directory
+};
+
+// bf16 autocast of LibTorch's CPU ops in scope (train.dtype = "bf16"): the matrix products (linear, matmul, mm,
+// bmm, addmm, ...) cast their inputs to `dtype` and return it; the losses (cross_entropy) run in fp32; other ops
+// run in their inputs' dtype (so a residual stream that starts fp32 stays fp32). Weights are cast once per scope:
+// autocast caches the copies of leaf tensors, and the scope clears that cache on entry and exit (copies made
+// before an optimizer step must not outlive it). Restores the previous autocast state on exit. Thread-local, like
+// autocast itself; `enabled` false does nothing.
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool enabled, at::ScalarType dtype = at::kBFloat16);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  bool was_enabled_ = false;
+  at::ScalarType was_dtype_ = at::kBFloat16;
 };
 
 // Sets LibTorch's and OpenBLAS's threads (train.threads; 0 = the cores divided among `local_ranks` processes) and

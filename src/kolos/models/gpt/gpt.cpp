@@ -93,7 +93,8 @@ at::Tensor Gpt::forward(const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
   at::Tensor x = dropout(enter_blocks(embed(wte_, ids) + position_rows(wpe_, T)));
-  for (const auto& b : blocks_) x = block_forward(b, x);
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    x = run_block(i, [this, b = blocks_[i]](const at::Tensor& h) { return block_forward(b, h); }, x);
   x = nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps);
   return head(x, wte_);
 }

@@ -91,7 +91,8 @@ at::Tensor Llama::forward(const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
   at::Tensor x = dropout(enter_blocks(embed(embed_, ids)));
-  for (const auto& b : blocks_) x = block_forward(b, x);
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    x = run_block(i, [this, b = blocks_[i]](const at::Tensor& h) { return block_forward(b, h); }, x);
   x = nn::rms_norm(x, norm_, config_.norm_eps);
   return head(x, head_);
 }

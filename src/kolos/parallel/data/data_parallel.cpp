@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include <fmt/ranges.h>
@@ -80,6 +81,8 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
   if (zero_ < 2) flat_grads_ = dp_ > 1 ? comm_->shared_zeros(total, at::kFloat) : at::zeros({total}, at::kFloat);
   shard_numel_ = total / dp_;
   if (zero_ == 2) grad_shard_ = at::zeros({shard_numel_}, at::kFloat);
+  fp16_ = config_.train.dtype == "fp16";
+  if (fp16_ && zero_ < 2) half_grads_ = at::zeros({total}, at::kHalf);
 
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& slot = slots_[i];
@@ -238,11 +241,36 @@ void DataParallel::launch_ready_buckets() {
 
 void DataParallel::launch(int index) {
   const Bucket& b = buckets_[index];
-  if (dp_ == 1) return;
+  if (inject_inf_ && zero_ < 2) {
+    flat_grads_[b.offset].fill_(std::numeric_limits<float>::infinity());
+    inject_inf_ = false;
+  }
+  if (dp_ == 1) {
+    if (fp16_) {  // rounded through fp16 as a reduction would store it
+      at::Tensor g = flat_grads_.narrow(0, b.offset, b.numel), h = half_grads_.narrow(0, b.offset, b.numel);
+      h.copy_(g);
+      g.copy_(h);
+    }
+    return;
+  }
   dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kBackward);
   const int64_t chunk = b.numel / dp_;
+  const at::Tensor inv_dp = at::scalar_tensor(1.0 / dp_, at::kFloat);
   Pending p;
-  if (zero_ == 0) {
+  if (fp16_ && zero_ < 2) {
+    // The average as a sum of the ranks' gradients divided by dp first (the fp16 sum then stays in range).
+    at::Tensor h = half_grads_.narrow(0, b.offset, b.numel);
+    at::mul_out(h, flat_grads_.narrow(0, b.offset, b.numel), inv_dp);
+    if (zero_ == 0) {
+      p.handle = comm_->all_reduce_async(h, dist::ReduceOp::kSum);
+      p.half = h;
+      p.dest = flat_grads_.narrow(0, b.offset, b.numel);
+    } else {
+      p.half = half_grads_.narrow(0, chunk_offset(b), chunk);
+      p.handle = comm_->reduce_scatter_async(h, p.half, dist::ReduceOp::kSum);
+      p.dest = flat_grads_.narrow(0, chunk_offset(b), chunk);
+    }
+  } else if (zero_ == 0) {
     p.handle = comm_->all_reduce_async(flat_grads_.narrow(0, b.offset, b.numel), dist::ReduceOp::kAvg);
   } else if (zero_ == 1) {
     // The chunk of the input is also the output: the all-to-all reads the input before the local sum writes it.
@@ -266,9 +294,22 @@ void DataParallel::launch(int index) {
       pos = s.offset + s.numel;
     }
     if (b.offset + b.numel > pos) p.staging.narrow(0, pos - b.offset, b.offset + b.numel - pos).zero_();
-    p.result = at::empty({chunk}, at::kFloat);
+    if (inject_inf_) {
+      p.staging[0].fill_(std::numeric_limits<float>::infinity());
+      inject_inf_ = false;
+    }
     p.shard_offset = b.shard_offset;
-    p.handle = comm_->reduce_scatter_async(p.staging, p.result, dist::ReduceOp::kAvg);
+    if (fp16_) {
+      at::Tensor staging = at::empty({b.numel}, at::kHalf);
+      at::mul_out(staging, p.staging, inv_dp);
+      p.staging = staging;
+      p.half = at::empty({chunk}, at::kHalf);
+      p.dest = grad_shard_.narrow(0, b.shard_offset, chunk);
+      p.handle = comm_->reduce_scatter_async(p.staging, p.half, dist::ReduceOp::kSum);
+    } else {
+      p.result = at::empty({chunk}, at::kFloat);
+      p.handle = comm_->reduce_scatter_async(p.staging, p.result, dist::ReduceOp::kAvg);
+    }
   }
   in_flight_.push_back(std::move(p));
 }
@@ -288,6 +329,13 @@ void DataParallel::end_micro() {
   for (auto& p : in_flight_) {
     p.handle.wait();
     if (p.result.defined()) grad_shard_.narrow(0, p.shard_offset, p.result.numel()).add_(p.result);
+    if (p.half.defined()) {
+      if (zero_ == 2) {
+        p.dest.add_(p.half);  // micro-steps accumulate into the shard
+      } else {
+        p.dest.copy_(p.half);
+      }
+    }
   }
   in_flight_.clear();
   if (last_micro_ && sequence_sliced_) reduce_sequence_sliced();

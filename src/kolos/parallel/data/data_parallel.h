@@ -24,6 +24,14 @@
 // every bucket at zero >= 1 (a parameter may then be split between ranks at any element). The rules with
 // whole-tensor norms (LARS, LAMB) all-reduce their per-tensor partial squared norms over the dp Comm at zero >= 1.
 //
+// Precision (train.dtype). Parameters, gradients and optimizer state are fp32 in every mode. "bf16" changes nothing
+// here (the trainer's autocast casts the weights for the products; their gradients arrive in fp32). "fp16" reduces
+// the gradients in fp16: each bucket's gradient (already multiplied by the loss scale) is multiplied by 1/dp and
+// stored into a persistent fp16 buffer, reduced there with a sum (Gloo: half the bytes of fp32; the shared-memory
+// path is fp32 only), and copied back into the fp32 buffers when end_micro() waits. One data-parallel rank rounds
+// its gradient through fp16 the same way, so a value out of fp16's range is inf at every dp degree. The trainer
+// checks the result for inf/NaN (its loss scaler, optim/loss_scaler.h).
+//
 // Every collective goes through the dp Comm (so the ledger counts it): phase "backward" for the gradient
 // reductions, "optimizer" for the norms and the parameter all-gather, "other" for checkpoint gathers.
 //
@@ -106,6 +114,12 @@ class DataParallel {
   // missing or mis-shaped tensor.
   void load_whole_params(const std::map<std::string, at::Tensor>& tensors, const std::string& source);
   const optim::Optimizer& optimizer() const { return *optimizer_; }
+  // Whether the gradients are reduced in fp16 (train.dtype = "fp16").
+  bool fp16_reduction() const { return fp16_; }
+
+  // Test hook (tests/train/mixed_precision_test.cpp), not for training: the next armed micro-step writes +inf into
+  // the first gradient element of the first bucket it reduces, on this rank only, before the reduction.
+  void inject_inf_for_test() { inject_inf_ = true; }
 
   int zero() const { return zero_; }
   int dp() const { return dp_; }
@@ -122,6 +136,7 @@ class DataParallel {
     at::Tensor result;   // zero 2: the reduced chunk, added into the gradient shard
     int64_t shard_offset = 0;
     at::Tensor staging;  // zero 2: kept alive until the reduction is done
+    at::Tensor half, dest;  // fp16: the reduced fp16 values, copied (zero 2: added) into the fp32 `dest`
   };
   class ReadyHook;
 
@@ -152,6 +167,9 @@ class DataParallel {
   std::vector<bool> is_first_block_;
   std::vector<at::Tensor> params_;
   at::Tensor flat_params_, flat_grads_, grad_shard_;
+  bool fp16_ = false;       // gradients reduced in fp16
+  at::Tensor half_grads_;   // fp16, zero 0 and 1: the buckets' reduction buffer (flat layout)
+  bool inject_inf_ = false; // test hook
   int64_t shard_numel_ = 0;
   std::unique_ptr<optim::Optimizer> optimizer_;
 
