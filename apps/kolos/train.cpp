@@ -3,6 +3,9 @@
 #include "kolos/config/config.h"
 #include "kolos/core/error.h"
 #include "kolos/dist/env.h"
+#include "kolos/parallel/pipeline/schedule.h"
+#include "kolos/parallel/pipeline/simulator.h"
+#include "kolos/parallel/plan.h"
 #include "kolos/train/trainer.h"
 
 namespace kolos::app {
@@ -20,12 +23,32 @@ int train_main(int argc, char** argv) {
   app.add_flag("--resume", resume, "continue from the latest complete checkpoint in --out, or start fresh and say so");
   app.add_option("--stop-after", stop_after, "stop (with a checkpoint) after this many steps, without changing the schedule")
       ->check(CLI::NonNegativeNumber);
+  bool print_schedule = false;
+  app.add_flag("--print-schedule", print_schedule,
+               "draw the pipeline schedule of the config (parallel.pp, pp_schedule, pp_virtual; train.grad_accum "
+               "micro-batches) as a text timeline per stage, with equal costs and backward = 2 × forward, and exit");
   if (!parse_args(app, argc, argv)) return 0;
 
   std::optional<std::string> source;
   if (!config_name.empty()) source = config_name;
   // With more than one process (kolos run, torchrun, mpirun, srun) the layout is checked against the world size.
   const dist::DistEnv env = dist::read_dist_env();
+  if (print_schedule) {
+    // Needs no processes: the layout is checked for the world it describes (dp = 1 unless set).
+    std::vector<std::string> probe = overrides;
+    probe.push_back("parallel.dp=1");
+    const Config shape = load_config(source, probe);
+    const int64_t dp = load_config(source, overrides, shape.parallel.pp * shape.parallel.sp * shape.parallel.tp)
+                           .parallel.dp;
+    const int world = static_cast<int>(shape.parallel.pp * shape.parallel.sp * shape.parallel.tp * dp);
+    const Config config = load_config(source, overrides, world);
+    const parallel::Plan plan = parallel::make_plan(config, world);
+    const auto schedule = parallel::pipeline::make_schedule(plan.pp_schedule, plan.pp,
+                                                            static_cast<int>(config.train.grad_accum), plan.pp_virtual);
+    const auto costs = parallel::pipeline::Costs::equal(plan.pp, plan.pp_virtual, 1.0, 2.0);
+    std::printf("%s", parallel::pipeline::draw(schedule, parallel::pipeline::simulate(schedule, costs)).c_str());
+    return 0;
+  }
   Config config = load_config(source, overrides, env.world_size);
   train::RunOptions options;
   if (out_dir.empty()) {

@@ -187,8 +187,7 @@ TEST(DataParallelOverlap, FirstBucketReductionStartsBeforeBackwardReachesTheFirs
 }  // namespace
 }  // namespace kolos
 
-namespace kolos {
-namespace {
+namespace kolos::test {
 
 std::vector<std::string> parity_args(const std::string& out, std::vector<std::string> sets) {
   std::vector<std::string> args = {KOLOS_BINARY, "train", "--config", "parity", "--out", out,
@@ -197,11 +196,19 @@ std::vector<std::string> parity_args(const std::string& out, std::vector<std::st
   return args;
 }
 
-test::RunResult run_ranks(int n, std::vector<std::string> args) {
+RunResult run_ranks(int n, std::vector<std::string> args) {
   if (n > 1) args.insert(args.begin(), {"run", "-n", std::to_string(n), "--"});
   else args.erase(args.begin());  // run_kolos adds the binary
-  return test::run_kolos(args);
+  return run_kolos(args);
 }
+
+}  // namespace kolos::test
+
+namespace kolos {
+namespace {
+
+using test::parity_args;
+using test::run_ranks;
 
 TEST(CheckpointAcrossLayouts, ZeroRunResumesInOneProcessAndTheOtherWayRound) {
   test::TempDir dir("ckpt_layouts");

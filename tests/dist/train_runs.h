@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/support.h"
+
 namespace kolos::test {
 
 std::string read_text(const std::string& path);
@@ -23,6 +25,10 @@ void expect_rank_joined(const std::string& run_dir, int rank, int world);
 // Runs `kolos verify --layouts LAYOUTS --out OUT EXTRA...`, expects `expected_exit`, returns its JSON line.
 nlohmann::json run_verify(const std::string& layouts, const std::string& out, int expected_exit = 0,
                           const std::vector<std::string>& extra = {});
+// (defined in data_parallel_test.cpp) "kolos train --config parity --out OUT --set train.mfu=false --set
+// train.threads=1 --set S..." as argv, the binary first; and that argv run on `n` processes (kolos run -n N).
+std::vector<std::string> parity_args(const std::string& out, std::vector<std::string> sets);
+RunResult run_ranks(int n, std::vector<std::string> args);
 // Every layout of a verify result is ok, its shards and op counts too, the loss within 1e-5 and the parameters
 // within `param_tolerance`.
 void expect_layouts_ok(const nlohmann::json& result, size_t layouts, double param_tolerance = 1e-5);

@@ -11,6 +11,8 @@
 #include "kolos/core/error.h"
 #include "kolos/parallel/pipeline/schedule.h"
 #include "kolos/parallel/pipeline/simulator.h"
+#include "kolos/parallel/pipeline/stages.h"
+#include "tests/support.h"
 
 namespace kolos::parallel::pipeline {
 namespace {
@@ -318,4 +320,44 @@ TEST(PipelineSchedule, BadInputsNameTheKey) {
 }
 
 }  // namespace
+// The stage split: even when every block costs the same and the head is small; the head's product moves blocks
+// off the last stage when it is large; parallel.pp_layers as given; interleaved chunks take every pp-th range.
+TEST(PipelineStages, SplitBalancesBlocksAndTheHead) {
+  ModelConfig m;
+  m.layers = 8;
+  m.hidden = 64;
+  m.heads = 8;
+  m.ffn_hidden = 256;
+  m.vocab = 261;
+  using Ranges = std::vector<std::pair<int64_t, int64_t>>;
+  EXPECT_EQ(split_layers(m, 2, 1, ""), (Ranges{{0, 4}, {4, 8}}));
+  EXPECT_EQ(split_layers(m, 4, 1, ""), (Ranges{{0, 2}, {2, 4}, {4, 6}, {6, 8}}));
+  // A block costs 2·64² + 2·64² + 2·64·256 = 49152; a head of 50257 × 64 = 3.2M costs 65.4 blocks: the last stage
+  // keeps a single block.
+  m.vocab = 50257;
+  EXPECT_EQ(split_layers(m, 2, 1, ""), (Ranges{{0, 7}, {7, 8}}));
+  m.vocab = 261;
+  EXPECT_EQ(split_layers(m, 2, 1, "5,3"), (Ranges{{0, 5}, {5, 8}}));
+  EXPECT_THROW(split_layers(m, 2, 1, "5,2"), InputError);
+  EXPECT_THROW(split_layers(m, 2, 1, "8"), InputError);
+  EXPECT_THROW(split_layers(m, 8, 2, ""), InputError);  // 16 virtual stages, 8 blocks
+  const auto s0 = stage_segments(m, 2, 2, "", 0), s1 = stage_segments(m, 2, 2, "", 1);
+  ASSERT_EQ(s0.size(), 2u);
+  EXPECT_TRUE(s0[0].stem && !s0[0].head && s0[0].first == 0 && s0[0].end == 2);
+  EXPECT_TRUE(!s0[1].stem && !s0[1].head && s0[1].first == 4 && s0[1].end == 6);
+  EXPECT_TRUE(!s1[0].stem && !s1[0].head && s1[0].first == 2 && s1[0].end == 4);
+  EXPECT_TRUE(!s1[1].stem && s1[1].head && s1[1].first == 6 && s1[1].end == 8);
+}
+
+TEST(PipelineStages, TrainPrintsTheSchedule) {
+  auto r = test::run_kolos({"train", "--config", "parity", "--set", "parallel.pp=2", "--set", "train.batch_size=2", "--set", "train.grad_accum=4",
+                            "--set", "parallel.pp_schedule=gpipe", "--print-schedule"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("gpipe"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("F3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("B3"), std::string::npos) << r.output;
+  // GPipe's bubble with equal costs: (p − 1)/(m + p − 1) = 1/5.
+  EXPECT_NE(r.output.find("bubble 20.0%"), std::string::npos) << r.output;
+}
+
 }  // namespace kolos::parallel::pipeline

@@ -43,12 +43,28 @@ TEST(Plan, DegreesMustMultiplyToTheWorldSize) {
 
 TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
   for (const auto& [set, key] : std::vector<std::pair<std::string, std::string>>{
-           {"parallel.pp=2", "parallel.pp"},
            {"parallel.zero=3", "parallel.zero"}}) {
     const std::string e = plan_error({set}, 2);
     EXPECT_NE(e.find(key), std::string::npos) << set << ": " << e;
     EXPECT_NE(e.find("not yet supported"), std::string::npos) << set << ": " << e;
   }
+}
+
+// Pipeline parallelism: the schedule's rules, the stage split's, and no ZeRO-2/3 — each error names its key.
+TEST(Plan, PipelineRulesNameTheKey) {
+  EXPECT_EQ(parallel::make_plan(parity({"parallel.pp=2", "train.grad_accum=4"}, 4), 4).describe(), "pp=2, dp=2");
+  std::string e = plan_error({"parallel.pp=2", "parallel.zero=2"}, 2);
+  EXPECT_NE(e.find("parallel.zero = 2"), std::string::npos) << e;
+  e = plan_error({"parallel.pp=2", "parallel.pp_virtual=2"}, 2);
+  EXPECT_NE(e.find("interleaved"), std::string::npos) << e;
+  e = plan_error({"parallel.pp=2", "parallel.pp_virtual=2", "parallel.pp_schedule=interleaved", "train.grad_accum=3"}, 2);
+  EXPECT_NE(e.find("train.grad_accum"), std::string::npos) << e;
+  e = plan_error({"parallel.pp=4", "parallel.pp_virtual=4", "parallel.pp_schedule=interleaved", "train.grad_accum=4"}, 4);
+  EXPECT_NE(e.find("model.layers"), std::string::npos) << e;  // 16 virtual stages, 8 blocks
+  e = plan_error({"parallel.pp=2", "parallel.pp_layers=4,3"}, 2);
+  EXPECT_NE(e.find("parallel.pp_layers"), std::string::npos) << e;
+  e = plan_error({"parallel.pp=2", "parallel.pp_layers=4,x"}, 2);
+  EXPECT_NE(e.find("\"x\""), std::string::npos) << e;
 }
 
 // Tensor parallelism (1D): every split dimension divides; other tp modes wait for issue 8.

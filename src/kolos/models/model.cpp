@@ -16,6 +16,56 @@ std::unique_ptr<Model> Model::create(const ModelConfig& config) {
   throw InputError(fmt::format("config key model.arch: expected \"gpt2\" or \"llama\", got \"{}\"", config.arch));
 }
 
+std::vector<nn::ParamSpec> Model::param_specs() const {
+  std::vector<nn::ParamSpec> all = all_param_specs();
+  if (segments_.empty()) return all;
+  std::vector<nn::ParamSpec> held;
+  for (auto& spec : all)
+    for (const auto& segment : segments_)
+      if (in_segment(spec.name, segment)) {
+        held.push_back(std::move(spec));
+        break;
+      }
+  return held;
+}
+
+bool Model::in_segment(const std::string& name, const Segment& segment) const {
+  for (int64_t i = segment.first; i < segment.end; ++i)
+    if (name.rfind(block_prefix(i), 0) == 0) return true;
+  // Outside the segment's blocks: a parameter of another block, or of the stem or the head.
+  for (int64_t i = 0; i < config_.layers; ++i)
+    if (name.rfind(block_prefix(i), 0) == 0) return false;
+  if (is_stem_param(name)) return segment.stem || (segment.head && name == tied_embedding());
+  return segment.head;
+}
+
+bool Model::has_param(const std::string& name) const {
+  for (const auto& [n, t] : params_)
+    if (n == name) return true;
+  return false;
+}
+
+at::Tensor Model::forward(const at::Tensor& ids) {
+  KOLOS_ASSERT(segments_.empty(), "Model::forward on a pipeline stage (use forward_segment)");
+  at::Tensor x = stem(ids);
+  for (int64_t i = 0; i < config_.layers; ++i) x = block(static_cast<size_t>(i), x);
+  return final_logits(x);
+}
+
+at::Tensor Model::forward_segment(size_t chunk, const at::Tensor& input) {
+  KOLOS_ASSERT(chunk < segments_.size(), "forward_segment: chunk {} of {}", chunk, segments_.size());
+  const Segment& s = segments_[chunk];
+  at::Tensor x = s.stem ? stem(input) : input;
+  for (int64_t i = s.first; i < s.end; ++i) x = block(static_cast<size_t>(i), x);
+  return s.head ? final_logits(x) : x;
+}
+
+at::Tensor Model::loss_from_logits(const at::Tensor& logits, const at::Tensor& targets) const {
+  at::Tensor flat = logits.reshape({-1, logits.size(-1)});
+  return sharding_.cross_entropy ? sharding_.cross_entropy(flat, targets.reshape({-1}))
+                                 : nn::cross_entropy(flat, targets.reshape({-1}));
+}
+
 void Model::init_params(int64_t seed) {
   KOLOS_ASSERT(sharding_.parts == 1, "init_params on a sharded model");
   std::vector<at::Tensor> tensors;
@@ -44,10 +94,7 @@ at::Tensor Model::param(const std::string& name) const {
 }
 
 at::Tensor Model::loss(const at::Tensor& ids, const at::Tensor& targets) {
-  at::Tensor logits = forward(ids);
-  at::Tensor flat = logits.reshape({-1, logits.size(-1)});
-  return sharding_.cross_entropy ? sharding_.cross_entropy(flat, targets.reshape({-1}))
-                                 : nn::cross_entropy(flat, targets.reshape({-1}));
+  return loss_from_logits(forward(ids), targets);
 }
 
 nn::Linear Model::linear(const std::string& prefix, bool bias) const {

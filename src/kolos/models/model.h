@@ -32,9 +32,12 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
 
-  // Every parameter with its global shape, init rule and weight-decay class, in a fixed order.
-  virtual std::vector<nn::ParamSpec> param_specs() const = 0;
-  int64_t num_params() const { return nn::count_params(param_specs()); }
+  // Every parameter of the whole model with its global shape, init rule and weight-decay class, in a fixed order.
+  virtual std::vector<nn::ParamSpec> all_param_specs() const = 0;
+  // The parameters this rank holds, in the same order: all of them, or under pipeline parallelism those of its
+  // segments (set_segments).
+  std::vector<nn::ParamSpec> param_specs() const;
+  int64_t num_params() const { return nn::count_params(all_param_specs()); }
   // Weights used in matrix products, counting the output head (also when tied) but not embedding look-ups:
   // N' of the MFU formula (yardsticks §4.1).
   virtual int64_t num_matmul_params() const = 0;
@@ -58,18 +61,50 @@ class Model {
   void set_checkpointing(std::vector<bool> checkpointed) { checkpointed_ = std::move(checkpointed); }
   const std::vector<bool>& checkpointing() const { return checkpointed_; }
 
+  // Pipeline parallelism from outside (parallel::apply): the virtual stages this rank runs, in chunk order, each
+  // a segment of the forward — the stem (token embedding; its input is the token ids), blocks [first, end), the
+  // head (final norm and output head; its output is the logits). Set before the parameters are bound; this rank
+  // then holds only its segments' parameters (a tied embedding is held by the stem's and by the head's segment).
+  // Empty: one segment, the whole model.
+  struct Segment {
+    int64_t first = 0, end = 0;
+    bool stem = false, head = false;
+  };
+  void set_segments(std::vector<Segment> segments) { segments_ = std::move(segments); }
+  const std::vector<Segment>& segments() const { return segments_; }
+  // Whether parameter `name` belongs to `segment`.
+  bool in_segment(const std::string& name, const Segment& segment) const;
+  // The name of the embedding the output head shares (GPT-2's wte, LLaMA's when tied), "" when untied.
+  virtual std::string tied_embedding() const = 0;
+  // Segment `chunk` of set_segments: input = token ids (B, T) when it has the stem, else the hidden states
+  // (B, T, C) of the segment before; returns the logits (B, T, V) when it has the head, else its hidden states.
+  at::Tensor forward_segment(size_t chunk, const at::Tensor& input);
+  // Mean cross-entropy of logits (B, T, V) against targets (B, T) (vocab-parallel under tensor parallelism).
+  at::Tensor loss_from_logits(const at::Tensor& logits, const at::Tensor& targets) const;
+
   // Training mode enables dropout.
   void set_training(bool training) { training_ = training; }
   bool training() const { return training_; }
 
-  // ids: (B, T) int64 with T <= seq_len. Returns logits (B, T, V).
-  virtual at::Tensor forward(const at::Tensor& ids) = 0;
+  // ids: (B, T) int64 with T <= seq_len. Returns logits (B, T, V). The whole model (one process, or tensor and
+  // sequence parallel ranks); not on a pipeline stage.
+  at::Tensor forward(const at::Tensor& ids);
   // Mean cross-entropy of the next-token predictions against targets (B, T).
   at::Tensor loss(const at::Tensor& ids, const at::Tensor& targets);
 
  protected:
-  // Called after the parameter table changed, so the model can refresh its layer references.
+  // Called after the parameter table changed, so the model can refresh its layer references (of the parameters
+  // this rank holds: has_param).
   virtual void on_params_bound() = 0;
+  bool has_param(const std::string& name) const;
+  // The pieces of the forward: ids → the hidden states entering block 0; block i; final norm and head → logits.
+  virtual at::Tensor stem(const at::Tensor& ids) const = 0;
+  virtual at::Tensor block(size_t i, const at::Tensor& x) const = 0;
+  virtual at::Tensor final_logits(const at::Tensor& x) const = 0;
+  // The name prefix of block i's parameters ("h.3.", "layers.3."); parameters outside blocks belong to the stem
+  // when is_stem_param, else to the head.
+  virtual std::string block_prefix(int64_t i) const = 0;
+  virtual bool is_stem_param(const std::string& name) const = 0;
   at::Tensor dropout(const at::Tensor& x) const;
   // Block i of the forward loop: block(x), through nn::recompute when the block is checkpointed. `block` is kept
   // until backward (capture by value what the block uses).
@@ -89,6 +124,7 @@ class Model {
   nn::Sharding sharding_;
   std::vector<NamedTensor> params_;
   std::vector<bool> checkpointed_;
+  std::vector<Segment> segments_;
   bool training_ = true;
 };
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kolos/core/error.h"
+#include "kolos/parallel/pipeline/stages.h"
 #include "kolos/parallel/sequence/sequence.h"
 #include "kolos/parallel/tensor/tp1d.h"
 
@@ -28,9 +29,13 @@ void apply_activation_checkpointing(models::Model& model, const Config& config) 
   model.set_checkpointing(checkpointed_blocks(config));
 }
 
-// Slot 3 (issue 6): pipeline split.
-void apply_pipeline(models::Model& /*model*/, const Plan& plan) {
-  KOLOS_CHECK(plan.pp == 1, "parallel.pp = {}: pipeline parallelism is not yet supported", plan.pp);
+// Slot 3: pipeline split. This rank holds and runs the segments of its stage (the pp coordinate); the trainer
+// drives them with the pipeline executor.
+void apply_pipeline(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh) {
+  if (plan.pp == 1) return;
+  KOLOS_ASSERT(mesh, "pipeline parallelism without a mesh");
+  model.set_segments(pipeline::stage_segments(config.model, plan.pp, plan.pp_virtual, config.parallel.pp_layers,
+                                              mesh->coord("pp")));
 }
 
 // Slot 4: data parallel and ZeRO (stage 3 chunks: issue 4).
@@ -68,7 +73,7 @@ Parallelized apply(models::Model& model, const Config& config, const Plan& plan,
   Parallelized out;
   apply_tensor_sequence(model, config, plan, mesh);
   apply_activation_checkpointing(model, config);
-  apply_pipeline(model, plan);
+  apply_pipeline(model, config, plan, mesh);
   out.data = apply_data_parallel(model, config, plan, mesh);
   return out;
 }

@@ -4,7 +4,8 @@
 //      Ulysses attention on the sp axis)
 //   2. activation checkpointing: the blocks that train.activation_checkpointing names keep only their input and are
 //      recomputed in backward (Model::set_checkpointing; "full", or "every:K": blocks 0, K, 2K, ...)
-//   3. pipeline split                                                                     (issue 6; refused now)
+//   3. pipeline split: this rank's stage holds and runs only its segments of the model (Model::set_segments,
+//      parallel/pipeline/stages.h); the trainer runs them with the executor (parallel/pipeline/executor.h)
 //   4. data parallel, ZeRO-1/2 (parallel/data/data_parallel.h); ZeRO-3 chunks             (issue 4; refused now)
 // Later issues fill their slot and lift their rule in make_plan(); nothing else changes. A layer's forward never
 // mentions ranks: every slot works from outside the model.

@@ -6,6 +6,8 @@
 #include <fmt/ranges.h>
 
 #include "kolos/core/error.h"
+#include "kolos/parallel/pipeline/schedule.h"
+#include "kolos/parallel/pipeline/stages.h"
 
 namespace kolos::parallel {
 
@@ -101,7 +103,18 @@ Plan make_plan(const Config& config, int world_size) {
                 "keeps an equal slice of the sequence)",
                 config.model.seq_len, plan.tp);
   }
-  KOLOS_CHECK(plan.pp == 1, "parallel.pp = {}: pipeline parallelism is not yet supported (issue 6); use 1", plan.pp);
+  if (plan.pp > 1 || plan.pp_virtual > 1) {
+    // The schedule's own rules (micro-batches a multiple of pp for interleaved, ...) and the stage split's.
+    KOLOS_CHECK(plan.pp_virtual == 1 || plan.pp_schedule == "interleaved",
+                "parallel.pp_virtual = {}: virtual stages need parallel.pp_schedule = \"interleaved\", got \"{}\"",
+                plan.pp_virtual, plan.pp_schedule);
+    pipeline::make_schedule(plan.pp_schedule, plan.pp, static_cast<int>(config.train.grad_accum), plan.pp_virtual);
+    pipeline::split_layers(config.model, plan.pp, plan.pp_virtual, p.pp_layers);
+    KOLOS_CHECK(plan.zero <= 1,
+                "parallel.zero = {} with parallel.pp = {}: ZeRO-2 and ZeRO-3 reduce or gather per micro-batch, which "
+                "the pipeline's interleaved forwards and backwards defeat; use zero = 0 or 1 with pipeline parallelism",
+                plan.zero, plan.pp);
+  }
   KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported (issue 4); use 0, 1 or 2",
               plan.zero);
   return plan;

@@ -7,8 +7,11 @@
 //   - tensor parallelism (1d): heads, key/value heads and model.ffn_hidden divisible by tp; megatron_sp needs
 //     tp > 1 and the sequence (per sp rank) divisible by tp; sp: ring needs the sequence divisible by 2·sp,
 //     ulysses by sp and the heads per tp rank by sp;
-//   - a mode whose issue has not landed yet (tp_mode 2d/2.5d/3d, pp > 1, zero = 3) is "not yet supported" — each
-//     later issue lifts exactly its own rule;
+//   - pipeline (pp > 1): the schedule's rules (pp_virtual > 1 only with "interleaved", whose train.grad_accum
+//     micro-batches must be a multiple of pp), the stage split's (model.layers >= pp · pp_virtual; pp_layers one
+//     count per virtual stage summing to model.layers), and zero <= 1;
+//   - a mode whose issue has not landed yet (tp_mode 2d/2.5d/3d, zero = 3) is "not yet supported" — each later
+//     issue lifts exactly its own rule;
 //   - parallel.zero > 0 needs dp > 1 to shard anything: with dp = 1 it is accepted and behaves as zero = 0.
 // The Plan is a value: every rank computes the same one from the same config and world size.
 #pragma once

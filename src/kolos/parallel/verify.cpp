@@ -22,6 +22,7 @@
 #include "kolos/core/error.h"
 #include "kolos/optim/optimizer.h"
 #include "kolos/parallel/apply.h"
+#include "kolos/parallel/pipeline/stages.h"
 #include "kolos/parallel/plan.h"
 
 extern char** environ;
@@ -118,33 +119,84 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
   return r == 0 ? (d == 0 ? 0 : INFINITY) : d / r;
 }
 
-// `states`: the optimizer's state buffers per element (optim::state_buffers); `elements`: the parameter elements
-// one tp rank holds (its pieces, ParamSpec::local_shape).
-// The collectives each micro-step of training makes on the tp and sp axes (op, phase) → calls, for a model of
-// `layers` blocks (the thread-rank tests in tests/parallel/ check the same counts and their bytes):
-//   tp (1D):    forward one all-reduce per row-parallel output (2 per block) and per vocab-parallel embedding, and 3 in
-//               the vocab-parallel loss; backward one per column-parallel input (2 per block) and the head's.
+// What one pipeline stage runs (the whole model without pipeline parallelism), for the op counts and the shard
+// check: its blocks (and how many of them are recomputed), whether it has the stem and the head, its messages per
+// micro-batch to and from the other stages, and the parameter elements one of its tp ranks holds.
+struct StageWork {
+  int64_t blocks = 0, recomputed = 0;
+  bool stem = true, head = true;
+  int64_t act_sends = 0, act_recvs = 0;  // per micro-batch (gradients go the other way: as many)
+  int64_t shape_sends = 0, shape_recvs = 0;  // per run: one per stage pair
+  bool tied = false;  // exchanges the tied embedding's gradient with another stage once per step
+  int64_t elements = 0;
+};
+
+StageWork stage_work(const Config& config, const Plan& plan, int stage) {
+  StageWork w;
+  auto model = models::Model::create(config.model);
+  const auto checkpointed = checkpointed_blocks(config);
+  std::vector<models::Model::Segment> segments = {{0, config.model.layers, true, true}};
+  if (plan.pp > 1) {
+    segments = pipeline::stage_segments(config.model, plan.pp, plan.pp_virtual, config.parallel.pp_layers, stage);
+    model->set_segments(segments);
+  }
+  w.stem = w.head = false;
+  const int V = plan.pp * plan.pp_virtual;
+  for (size_t c = 0; c < segments.size(); ++c) {
+    const auto& seg = segments[c];
+    w.blocks += seg.end - seg.first;
+    for (int64_t i = seg.first; i < seg.end; ++i) w.recomputed += checkpointed[i] ? 1 : 0;
+    w.stem = w.stem || seg.stem;
+    w.head = w.head || seg.head;
+    if (plan.pp == 1) continue;
+    const int u = static_cast<int>(c) * plan.pp + stage;
+    w.act_sends += u < V - 1 ? 1 : 0;
+    w.act_recvs += u > 0 ? 1 : 0;
+  }
+  if (plan.pp > 1) {
+    w.shape_sends = stage < plan.pp - 1 || plan.pp_virtual > 1 ? 1 : 0;
+    w.shape_recvs = stage > 0 || plan.pp_virtual > 1 ? 1 : 0;
+    w.tied = !model->tied_embedding().empty() && (stage == 0 || stage == plan.pp - 1);
+  }
+  for (const auto& spec : model->param_specs()) {
+    int64_t n = 1;
+    for (int64_t d : spec.local_shape(plan.tp)) n *= d;
+    w.elements += n;
+  }
+  return w;
+}
+
+// The collectives each micro-step of training makes on the tp, sp and pp axes (op, phase) → calls, for a stage
+// that runs `w` (the thread-rank tests in tests/parallel/ check the same counts and their bytes):
+//   tp (1D):    forward one all-reduce per row-parallel output (2 per block) and per vocab-parallel embedding (the
+//               stem), and 3 in the vocab-parallel loss (the head); backward one per column-parallel input (2 per
+//               block) and the head's.
 //   Megatron-SP: the all-reduces at block boundaries become an all-gather (forward, + the head's input) and a
-//               reduce-scatter; backward the duals; the sequence-sliced gradients are summed once per step.
+//               reduce-scatter; backward the duals (the stem's slice: an all-gather); the sequence-sliced
+//               gradients are summed once per step.
 //   sp ring:    forward 2 sends (keys, values) per shift, p − 1 shifts per block; backward 2 (p − 1) + 2 p (the
 //               gradient accumulators take one more shift home).
 //   sp Ulysses: 4 all-to-alls per block (q, k, v and the output) in forward, 4 in backward.
+//   pp:         per micro-batch one activation send per chunk that is not the last virtual stage (forward) and
+//               one gradient send back per chunk that is not the first (backward), receives the duals; one shape
+//               message per stage pair per run (forward); the tied embedding's gradient once per step each way
+//               (backward); the squared gradient norm summed once per step (optimizer).
 // A block under activation checkpointing (`recomputed` of them) runs its forward again in backward, with its forward
 // collectives (counted in the forward phase).
-std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, int64_t layers,
-                                                                             int64_t recomputed, int64_t micro_steps,
-                                                                             int64_t steps) {
+std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, const StageWork& w,
+                                                                             int64_t micro_steps, int64_t steps) {
   std::map<std::tuple<std::string, std::string, std::string>, int64_t> want;
-  const int64_t L = layers, m = micro_steps, F = layers + recomputed;  // block forwards per micro-step
+  const int64_t L = w.blocks, m = micro_steps, F = w.blocks + w.recomputed;  // block forwards per micro-step
+  const int64_t stem = w.stem ? 1 : 0, head = w.head ? 1 : 0;
   if (plan.tp > 1 && !plan.megatron_sp) {
-    want[{"tp", "all_reduce", "forward"}] = m * (2 * F + 1 + 3);
-    want[{"tp", "all_reduce", "backward"}] = m * (2 * L + 1);
+    want[{"tp", "all_reduce", "forward"}] = m * (2 * F + stem + 3 * head);
+    want[{"tp", "all_reduce", "backward"}] = m * (2 * L + head);
   } else if (plan.tp > 1) {
-    want[{"tp", "all_gather", "forward"}] = m * (2 * F + 1);
+    want[{"tp", "all_gather", "forward"}] = m * (2 * F + head);
     want[{"tp", "reduce_scatter", "forward"}] = m * 2 * F;
-    want[{"tp", "all_reduce", "forward"}] = m * 4;
-    want[{"tp", "reduce_scatter", "backward"}] = m * (2 * L + 1);
-    want[{"tp", "all_gather", "backward"}] = m * (2 * L + 1);
+    want[{"tp", "all_reduce", "forward"}] = m * (stem + 3 * head);
+    want[{"tp", "reduce_scatter", "backward"}] = m * (2 * L + head);
+    want[{"tp", "all_gather", "backward"}] = m * (2 * L + stem);
     want[{"tp", "all_reduce", "backward"}] = steps;
   }
   if (plan.sp > 1 && plan.sp_mode == "ring") {
@@ -154,11 +206,19 @@ std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(co
     want[{"sp", "all_to_all", "forward"}] = m * F * 4;
     want[{"sp", "all_to_all", "backward"}] = m * L * 4;
   }
+  if (plan.pp > 1) {
+    const int64_t tied = w.tied ? steps : 0;
+    want[{"pp", "send", "forward"}] = m * w.act_sends + w.shape_sends;
+    want[{"pp", "recv", "forward"}] = m * w.act_recvs + w.shape_recvs;
+    want[{"pp", "send", "backward"}] = m * w.act_recvs + tied;
+    want[{"pp", "recv", "backward"}] = m * w.act_sends + tied;
+    want[{"pp", "all_reduce", "optimizer"}] = steps;
+  }
   return want;
 }
 
-void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, int64_t recomputed, const std::string& run_dir,
-                 int64_t steps, int64_t states, int64_t elements, Outcome& out) {
+void check_ranks(const Layout& layout, const Plan& plan, const std::vector<StageWork>& stages,
+                 const std::string& run_dir, int64_t steps, int64_t states, Outcome& out) {
   for (int r = 0; r < layout.processes; ++r) {
     const fs::path path = fs::path(run_dir) / "ranks" / fmt::format("rank_{}.json", r);
     std::ifstream in(path);
@@ -170,6 +230,14 @@ void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, int64_t
     const auto j = nlohmann::json::parse(in, nullptr, false);
     const auto& held = j["held"];
     const int64_t flat = held["flat_numel"], buckets = held["buckets"];
+    const int stage = j.value("pp_stage", 0);
+    if (stage < 0 || stage >= static_cast<int>(stages.size())) {
+      out.shards = fmt::format("rank {} reports pipeline stage {} of {}", r, stage, stages.size());
+      out.ok = false;
+      return;
+    }
+    const StageWork& work = stages[stage];
+    const int64_t elements = work.elements;
     // The ranks that train on other tokens (dp × sp) average gradients and share the ZeRO shards, on data_axis.
     const int dp = j.value("data_ranks", j["dp"].get<int>());
     const std::string axis = j.value("data_axis", std::string("dp"));
@@ -177,7 +245,7 @@ void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, int64_t
     const int64_t want_optim = zero >= 1 ? states * flat / dp : states * flat;
     const int64_t want_grad = zero == 2 ? flat / dp : flat;
     if (held.value("param_elements", int64_t{-1}) != elements) {
-      out.shards = fmt::format("rank {} holds {} parameter elements, its tp piece of the model has {}", r,
+      out.shards = fmt::format("rank {} holds {} parameter elements, its tp piece of its stage has {}", r,
                                held.value("param_elements", int64_t{-1}), elements);
       out.ok = false;
     }
@@ -192,7 +260,7 @@ void check_ranks(const Layout& layout, const Plan& plan, int64_t layers, int64_t
       if (!c.contains(on) || !c[on].contains(op) || !c[on][op].contains(phase)) return 0;
       return c[on][op][phase]["calls"].get<int64_t>();
     };
-    for (const auto& [key, n] : axis_ops(plan, layers, recomputed, steps * layout.grad_accum, steps)) {
+    for (const auto& [key, n] : axis_ops(plan, work, steps * layout.grad_accum, steps)) {
       const auto& [on, op, phase] = key;
       const int64_t got = calls_on(on, op, phase);
       if (got != n) {
@@ -266,7 +334,7 @@ int verify(const VerifyOptions& options) {
   const auto layouts = parse_layouts(options.layouts, global_batch);
   // Every layout must make a valid Plan before anything runs (bad input is exit 2 naming the layout).
   std::vector<Plan> plans;
-  std::vector<int64_t> recomputed;  // checkpointed blocks per layout
+  std::vector<std::vector<StageWork>> works;  // per layout, per pipeline stage
   for (const auto& l : layouts) {
     std::vector<std::string> sets = options.overrides;
     sets.insert(sets.end(), l.overrides.begin(), l.overrides.end());
@@ -276,8 +344,8 @@ int verify(const VerifyOptions& options) {
     try {
       const Config config = load_config(options.config, sets, l.processes);
       plans.push_back(make_plan(config, l.processes));
-      const auto blocks = checkpointed_blocks(config);
-      recomputed.push_back(std::count(blocks.begin(), blocks.end(), true));
+      works.emplace_back();
+      for (int stage = 0; stage < plans.back().pp; ++stage) works.back().push_back(stage_work(config, plans.back(), stage));
     } catch (const InputError& e) {
       throw InputError(fmt::format("--layouts: layout \"{}\": {}", l.text, e.what()));
     }
@@ -367,14 +435,8 @@ int verify(const VerifyOptions& options) {
         out.param_tensor = name;
       }
     }
-    int64_t elements = 0;
-    for (const auto& spec : models::Model::create(base.model)->param_specs()) {
-      int64_t n = 1;
-      for (int64_t d : spec.local_shape(l.tp)) n *= d;
-      elements += n;
-    }
-    check_ranks(l, plans[i], base.model.layers, recomputed[i], dir, static_cast<int64_t>(ref_losses.size()),
-                optim::state_buffers(base.optim), elements, out);
+    check_ranks(l, plans[i], works[i], dir, static_cast<int64_t>(ref_losses.size()), optim::state_buffers(base.optim),
+                out);
     out.ok = out.ok && out.loss_rel <= options.tolerance && out.param_rel <= options.tolerance;
     all_ok = all_ok && out.ok;
     std::printf("%-28s %5d %12.3e %12.3e  %-26s %-6s %-6s %s\n", l.text.c_str(), l.processes, out.loss_rel,

@@ -23,6 +23,7 @@
 #include "kolos/nn/param.h"
 #include "kolos/optim/optimizer.h"
 #include "kolos/optim/schedule.h"
+#include "kolos/parallel/pipeline/stages.h"
 #include "kolos/parallel/sequence/sequence.h"
 #include "kolos/train/gemm_bench.h"
 #include "kolos/train/generate.h"
@@ -106,6 +107,21 @@ Trainer::Trainer(Config config, RunOptions options, dist::DistEnv env)
   lo.seed = config_.train.seed;
   loader_ = std::make_unique<data::Loader>(lo);
   par_ = parallel::apply(*model_, config_, plan_, mesh_.get());
+  if (plan_.pp > 1) {
+    pipe_ = std::make_unique<parallel::pipeline::Executor>(
+        parallel::pipeline::make_schedule(plan_.pp_schedule, plan_.pp, static_cast<int>(config_.train.grad_accum),
+                                          plan_.pp_virtual),
+        stage(), &mesh_->comm("pp"));
+    // A tied embedding lives on the stem's stage (0) and the head's (pp − 1): its gradient is complete only once
+    // the two have added theirs, and the norm counts it once (on stage 0).
+    const std::string tied = model_->tied_embedding();
+    if (!tied.empty() && (stage() == 0 || stage() == plan_.pp - 1)) {
+      tied_param_ = par_.data->param_index(tied);
+      KOLOS_ASSERT(tied_param_ >= 0, "stage {} lacks the tied embedding {}", stage(), tied);
+      par_.data->hold_gradient(tied_param_);
+      if (stage() != 0) par_.data->exclude_from_norm(tied_param_);
+    }
+  }
   autocast_ = config_.train.dtype == "bf16";
   if (config_.train.dtype == "fp16") {
     optim::LossScalerOptions so;
@@ -163,24 +179,63 @@ StepResult Trainer::train_step(int64_t step) {
   const bool inject_inf = std::find(options_.test_inf_grad_steps.begin(), options_.test_inf_grad_steps.end(),
                                     step) != options_.test_inf_grad_steps.end();
   double loss_sum = 0;
-  for (int64_t k = 0; k < accum; ++k) {
-    const auto& b = micro[k];
-    dp.begin_micro(k, accum);
-    if (inject_inf && k == accum - 1) dp.inject_inf_for_test();
-    at::Tensor loss;
-    {
-      dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kForward);
+  auto objective = [&](const at::Tensor& loss) {
+    at::Tensor o = accum > 1 ? loss / static_cast<double>(accum) : loss;
+    return scaler_ ? o * loss_scale : o;
+  };
+  if (pipe_) {
+    // The stage's schedule: forwards and backwards of its chunks on the micro-batches, with the messages between
+    // stages; the data-parallel reductions are armed for the stage's last backward, and launched at Reduce.
+    std::vector<parallel::pipeline::MicroBatch> batches;
+    for (const auto& b : micro) batches.push_back({b.input, b.target});
+    parallel::pipeline::Callbacks cb;
+    cb.forward = [&](int, int chunk, const at::Tensor& x, const at::Tensor& target) {
       AutocastScope autocast(autocast_);
-      loss = model_->loss(b.input, b.target);
-    }
-    loss_sum += loss.item<double>();
-    {
+      at::Tensor y = model_->forward_segment(static_cast<size_t>(chunk), x);
+      return target.defined() ? model_->loss_from_logits(y, target) : y;
+    };
+    cb.objective = objective;
+    cb.before_backward = [&](int k, int K) {
+      dp.begin_micro(k, K);
+      if (k == K - 1) {
+        if (inject_inf) dp.inject_inf_for_test();
+        r.backward_start = std::chrono::steady_clock::now();
+      }
+    };
+    cb.after_backward = [&](int k, int K) {
+      if (k < K - 1) dp.end_micro();
+      if (k == K - 1) r.backward_end = std::chrono::steady_clock::now();
+    };
+    cb.reduce = [&] {
       dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kBackward);
-      r.backward_start = std::chrono::steady_clock::now();
-      at::Tensor objective = accum > 1 ? loss / static_cast<double>(accum) : loss;
-      (scaler_ ? objective * loss_scale : objective).backward();
-      r.backward_end = std::chrono::steady_clock::now();
+      sync_tied_gradient();
       dp.end_micro();
+    };
+    loss_sum = pipe_->run(batches, cb);
+    // The losses are on the last stage: every stage gets them (rank 0 logs).
+    at::Tensor l = at::full({1}, loss_sum, at::kDouble);
+    dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
+    mesh_->comm("pp").all_reduce(l);
+    loss_sum = l.item<double>();
+  } else {
+    for (int64_t k = 0; k < accum; ++k) {
+      const auto& b = micro[k];
+      dp.begin_micro(k, accum);
+      if (inject_inf && k == accum - 1) dp.inject_inf_for_test();
+      at::Tensor loss;
+      {
+        dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kForward);
+        AutocastScope autocast(autocast_);
+        loss = model_->loss(b.input, b.target);
+      }
+      loss_sum += loss.item<double>();
+      {
+        dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kBackward);
+        r.backward_start = std::chrono::steady_clock::now();
+        objective(loss).backward();
+        r.backward_end = std::chrono::steady_clock::now();
+        dp.end_micro();
+      }
     }
   }
   at::Tensor loss_t = at::full({1}, loss_sum / static_cast<double>(accum), at::kDouble);
@@ -192,7 +247,14 @@ StepResult Trainer::train_step(int64_t step) {
   //    Clip with the global norm of the unscaled gradients; 1/S and the clipping factor fold into the optimizer's
   //    gradient scale.
   Timer optim_timer;
-  r.grad_norm = dp.grad_norm() / loss_scale;
+  r.grad_norm = dp.grad_norm();
+  if (pipe_) {  // each stage's norm covers its parameters (a tied embedding counted on one stage)
+    at::Tensor sq = at::full({1}, r.grad_norm * r.grad_norm, at::kDouble);
+    dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOptimizer);
+    mesh_->comm("pp").all_reduce(sq);
+    r.grad_norm = std::sqrt(sq.item<double>());
+  }
+  r.grad_norm /= loss_scale;
   r.lr = optim::lr_at(config_.optim, step, config_.train.steps);
   bool apply = true;
   if (scaler_) {
@@ -226,18 +288,33 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
   // The dp ranks split the batches and sum.
   const int64_t rank = dp_rank();
   double nll = 0, tokens = 0;
+  parallel::pipeline::Callbacks cb;
+  cb.forward = [&](int, int chunk, const at::Tensor& x, const at::Tensor& target) {
+    AutocastScope autocast(autocast_);
+    at::Tensor y = model_->forward_segment(static_cast<size_t>(chunk), x);
+    return target.defined() ? model_->loss_from_logits(y, target) : y;
+  };
+  // Pipeline: the loss is on the last stage, which alone counts the batch.
+  const bool counts = !pipe_ || stage() == plan_.pp - 1;
   for (int64_t i = rank; i < n; i += plan_.dp) {
     data::Batch b = sequence_slice(loader_->val_batch(i));
-    at::Tensor loss;
-    {
+    double loss = 0;
+    if (pipe_) {
+      loss = pipe_->forward_only({b.input, b.target}, cb);
+    } else {
       AutocastScope autocast(autocast_);
-      loss = model_->loss(b.input, b.target);
+      loss = model_->loss(b.input, b.target).item<double>();
     }
-    nll += loss.item<double>() * static_cast<double>(b.target.numel());
+    if (!counts) continue;
+    nll += loss * static_cast<double>(b.target.numel());
     tokens += static_cast<double>(b.target.numel());
   }
   model_->set_training(true);
   at::Tensor sums = at::tensor({nll, tokens}, at::kDouble);
+  if (pipe_) {
+    dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
+    mesh_->comm("pp").all_reduce(sums);
+  }
   all_reduce_data(sums, dist::ReduceOp::kSum);
   const double val_loss = sums[0].item<double>() / sums[1].item<double>();
   const double bpb = val_loss / std::log(2.0) / loader_->val_bytes_per_token();
@@ -259,6 +336,7 @@ void Trainer::save(int64_t step_done) {
   // Whole tensors, whatever the layout: every rank joins the gathers, rank 0 writes.
   for (const auto& [name, t] : par_.data->optimizer_state()) d.optim[name] = t;
   for (const auto& [name, t] : par_.data->whole_params()) d.model[name] = t;
+  if (pipe_) gather_stages(d);
   if (!is_rank0()) return;
   d.optim["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
   d.state = {{"step", step_done},
@@ -317,6 +395,71 @@ void Trainer::restore(const std::string& dir) {
   }
 }
 
+void Trainer::sync_tied_gradient() {
+  if (tied_param_ < 0) return;
+  at::NoGradGuard no_grad;
+  at::Tensor g = par_.data->local_grad(tied_param_);
+  KOLOS_ASSERT(g.defined() && g.is_contiguous(), "the tied embedding has no contiguous gradient");
+  auto& pp = mesh_->comm("pp");
+  const int peer = stage() == 0 ? plan_.pp - 1 : 0;
+  at::Tensor other = at::empty_like(g);
+  constexpr int kTiedTag = 6;
+  dist::Handle sent = pp.send_async(g, peer, kTiedTag);
+  pp.recv(other, peer, kTiedTag);
+  sent.wait();
+  g.add_(other);  // the same sum on both stages (addition commutes)
+}
+
+void Trainer::gather_stages(checkpoint::CheckpointData& d) {
+  if (mesh_->coord("dp") != 0 || mesh_->coord("sp") != 0 || mesh_->coord("tp") != 0) return;
+  // The pp group of world rank 0. Stage s sends its parameters, then its optimizer state, in the order of its
+  // param_specs(), as one flat fp32 tensor; rank 0 derives that order from the stage split.
+  auto& pp = mesh_->comm("pp");
+  dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
+  std::vector<std::string> kinds;
+  for (const auto& [kind, buffer] : par_.data->optimizer().state()) kinds.push_back(kind);
+  auto order = [&](int s) {
+    auto m = models::Model::create(config_.model);
+    m->set_segments(parallel::pipeline::stage_segments(config_.model, plan_.pp, plan_.pp_virtual,
+                                                        config_.parallel.pp_layers, s));
+    std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+    const auto specs = m->param_specs();
+    for (const auto& spec : specs) out.emplace_back("model:" + spec.name, spec.shape);
+    for (const auto& spec : specs)
+      for (const auto& kind : kinds) out.emplace_back("optim:" + kind + "." + spec.name, spec.shape);
+    return out;
+  };
+  constexpr int kCheckpointTag = 7;
+  if (stage() != 0) {
+    std::vector<at::Tensor> parts;
+    for (const auto& [name, shape] : order(stage())) {
+      const bool model = name.rfind("model:", 0) == 0;
+      const std::string key = name.substr(6);
+      parts.push_back((model ? d.model.at(key) : d.optim.at(key)).reshape({-1}).to(at::kFloat));
+    }
+    pp.send(at::cat(parts), 0, kCheckpointTag);
+    return;
+  }
+  for (int s = 1; s < plan_.pp; ++s) {
+    const auto names = order(s);
+    int64_t total = 0;
+    for (const auto& [name, shape] : names) total += c10::multiply_integers(shape);
+    at::Tensor flat = at::empty({total}, at::kFloat);
+    pp.recv(flat, s, kCheckpointTag);
+    int64_t at = 0;
+    for (const auto& [name, shape] : names) {
+      const int64_t n = c10::multiply_integers(shape);
+      at::Tensor t = flat.narrow(0, at, n).view(shape).clone();
+      at += n;
+      if (name.rfind("model:", 0) == 0) {
+        d.model.emplace(name.substr(6), t);  // a tied embedding: stage 0's copy (the same values)
+      } else {
+        d.optim.emplace(name.substr(6), t);
+      }
+    }
+  }
+}
+
 nlohmann::json Trainer::comm_trace(const StepResult& r) const {
   using us = std::chrono::microseconds;
   auto rel = [&](std::chrono::steady_clock::time_point t) -> nlohmann::json {
@@ -349,6 +492,7 @@ void Trainer::write_rank_report() {
                            {"data_axis", plan_.sp > 1 ? "dp_sp" : "dp"},
                            {"zero", par_.data->zero()},
                            {"dp_rank", dp_rank()},
+                           {"pp_stage", stage()},
                            {"params", model_->num_params()},
                            {"held", par_.data->report().to_json()},
                            {"bucket_list", buckets},
@@ -519,11 +663,11 @@ nlohmann::json Trainer::train() {
     }
     progress.message(fmt::format("final: val_loss {:.4f}, val_bpb {:.4f}", vl, bpb));
   }
-  // Sampling runs the model on rank 0 alone: not with tensor or sequence parallelism, whose forward needs every
-  // rank of the group.
-  const bool split_model = plan_.tp > 1 || plan_.sp > 1;
+  // Sampling runs the model on rank 0 alone: not with tensor, sequence or pipeline parallelism, whose forward needs
+  // every rank of the group.
+  const bool split_model = plan_.tp > 1 || plan_.sp > 1 || plan_.pp > 1;
   if (finished && t.sample_tokens > 0 && !config_.data.synthetic && split_model && rank0)
-    progress.message("sample: skipped (not yet supported with tensor or sequence parallelism)");
+    progress.message("sample: skipped (not yet supported with tensor, sequence or pipeline parallelism)");
   if (finished && t.sample_tokens > 0 && !config_.data.synthetic && !split_model && rank0) {
     auto tokenizer = data::load_tokenizer(config_.data.path);
     SampleOptions so;

@@ -9,7 +9,8 @@
 //                 (all ranks agree on the step); final evaluation, checkpoint, sample and summary (rank 0 prints
 //                 and writes; every rank joins the collectives).
 //   train_step()  numbered phases: 1 fetch micro-batches, 2 forward/backward (gradient reductions launched from
-//                 backward), 3 wait for the reductions, 4 clip with the global norm, 5 optimizer step (and the
+//                 backward; under pipeline parallelism the executor runs the stage's schedule, the micro-batches
+//                 being the train.grad_accum micro-steps), 3 wait for the reductions, 4 clip with the global norm, 5 optimizer step (and the
 //                 ZeRO all-gather), 6 schedule and metrics (loss averaged over the dp ranks).
 //
 // Precision (train.dtype, README "Configuration"). Master weights, gradients and optimizer state are fp32 always.
@@ -34,6 +35,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kolos/checkpoint/checkpoint.h"
 #include "kolos/config/config.h"
 #include "kolos/data/loader.h"
 #include "kolos/data/tokenizer.h"
@@ -42,6 +44,7 @@
 #include "kolos/dist/mesh.h"
 #include "kolos/optim/loss_scaler.h"
 #include "kolos/parallel/apply.h"
+#include "kolos/parallel/pipeline/executor.h"
 
 namespace kolos::train {
 
@@ -115,6 +118,12 @@ class Trainer {
   void all_reduce_world(at::Tensor& values, dist::ReduceOp op);
   nlohmann::json comm_trace(const StepResult& r) const;
   void write_rank_report();
+  // Pipeline parallelism: the stem's and the head's stage add each other's gradient of the tied embedding (after
+  // the last backward, before the data-parallel reduction); the checkpoint's tensors of every stage collected on
+  // rank 0 (the ranks of dp, sp and tp coordinate 0 send theirs over the pp axis).
+  void sync_tied_gradient();
+  void gather_stages(checkpoint::CheckpointData& d);
+  int stage() const { return mesh_ ? mesh_->coord("pp") : 0; }
 
   Config config_;
   RunOptions options_;
@@ -127,6 +136,8 @@ class Trainer {
   std::unique_ptr<models::Model> model_;
   std::unique_ptr<data::Loader> loader_;
   parallel::Parallelized par_;
+  std::unique_ptr<parallel::pipeline::Executor> pipe_;  // pp > 1
+  int tied_param_ = -1;  // pp > 1: this stage's index of the tied embedding it shares with another stage
   bool autocast_ = false;                   // train.dtype = "bf16"
   std::optional<optim::LossScaler> scaler_;  // train.dtype = "fp16"
   int64_t start_step_ = 0;

@@ -10,7 +10,7 @@ namespace kolos::models {
 using nn::Init;
 using nn::ParamSpec;
 
-std::vector<ParamSpec> Gpt::param_specs() const {
+std::vector<ParamSpec> Gpt::all_param_specs() const {
   const auto& c = config_;
   const int64_t C = c.hidden, F = c.ffn_hidden, V = c.vocab, P = c.seq_len;
   const double std = c.init_std, proj_std = c.init_std / std::sqrt(2.0 * c.layers);
@@ -54,13 +54,16 @@ int64_t Gpt::num_matmul_params() const {
 }
 
 void Gpt::on_params_bound() {
-  wte_ = param("wte.weight");
-  wpe_ = param("wpe.weight");
-  lnf_w_ = param("ln_f.weight");
-  lnf_b_ = param("ln_f.bias");
-  blocks_.clear();
+  // A pipeline stage holds some of them (Model::set_segments); the others stay undefined.
+  auto held = [this](const std::string& name) { return has_param(name) ? param(name) : at::Tensor(); };
+  wte_ = held("wte.weight");
+  wpe_ = held("wpe.weight");
+  lnf_w_ = held("ln_f.weight");
+  lnf_b_ = held("ln_f.bias");
+  blocks_.assign(config_.layers, Block{});
   for (int64_t i = 0; i < config_.layers; ++i) {
-    const std::string h = "h." + std::to_string(i) + ".";
+    const std::string h = block_prefix(i);
+    if (!has_param(h + "ln_1.weight")) continue;
     Block b;
     b.ln1_w = param(h + "ln_1.weight");
     b.ln1_b = param(h + "ln_1.bias");
@@ -70,7 +73,7 @@ void Gpt::on_params_bound() {
     b.proj = linear(h + "attn.proj", true);
     b.fc = linear(h + "mlp.fc", true);
     b.fc_proj = linear(h + "mlp.proj", true);
-    blocks_.push_back(std::move(b));
+    blocks_[i] = std::move(b);
   }
 }
 
@@ -89,14 +92,18 @@ at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
   return r + dropout(b.fc_proj.forward(nn::gelu(b.fc.forward(h))));
 }
 
-at::Tensor Gpt::forward(const at::Tensor& ids) {
+at::Tensor Gpt::stem(const at::Tensor& ids) const {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  at::Tensor x = dropout(enter_blocks(embed(wte_, ids) + position_rows(wpe_, T)));
-  for (size_t i = 0; i < blocks_.size(); ++i)
-    x = run_block(i, [this, b = blocks_[i]](const at::Tensor& h) { return block_forward(b, h); }, x);
-  x = nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps);
-  return head(x, wte_);
+  return dropout(enter_blocks(embed(wte_, ids) + position_rows(wpe_, T)));
+}
+
+at::Tensor Gpt::block(size_t i, const at::Tensor& x) const {
+  return run_block(i, [this, b = blocks_.at(i)](const at::Tensor& h) { return block_forward(b, h); }, x);
+}
+
+at::Tensor Gpt::final_logits(const at::Tensor& x) const {
+  return head(nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps), wte_);
 }
 
 }  // namespace kolos::models

@@ -21,9 +21,9 @@ namespace kolos::models {
 class Gpt : public Model {
  public:
   explicit Gpt(const ModelConfig& config) : Model(config) {}
-  std::vector<nn::ParamSpec> param_specs() const override;
+  std::vector<nn::ParamSpec> all_param_specs() const override;
   int64_t num_matmul_params() const override;
-  at::Tensor forward(const at::Tensor& ids) override;
+  std::string tied_embedding() const override { return "wte.weight"; }
 
  private:
   struct Block {
@@ -31,6 +31,11 @@ class Gpt : public Model {
     nn::Linear qkv, proj, fc, fc_proj;
   };
   void on_params_bound() override;
+  at::Tensor stem(const at::Tensor& ids) const override;
+  at::Tensor block(size_t i, const at::Tensor& x) const override;
+  at::Tensor final_logits(const at::Tensor& x) const override;
+  std::string block_prefix(int64_t i) const override { return "h." + std::to_string(i) + "."; }
+  bool is_stem_param(const std::string& name) const override { return name == "wte.weight" || name == "wpe.weight"; }
   at::Tensor block_forward(const Block& b, const at::Tensor& x) const;
 
   at::Tensor wte_, wpe_, lnf_w_, lnf_b_;

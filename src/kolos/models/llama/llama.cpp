@@ -10,7 +10,7 @@ namespace kolos::models {
 using nn::Init;
 using nn::ParamSpec;
 
-std::vector<ParamSpec> Llama::param_specs() const {
+std::vector<ParamSpec> Llama::all_param_specs() const {
   const auto& c = config_;
   const int64_t C = c.hidden, F = c.ffn_hidden, V = c.vocab, D = c.hidden / c.heads;
   const double std = c.init_std, proj_std = c.init_std / std::sqrt(2.0 * c.layers);
@@ -46,13 +46,16 @@ int64_t Llama::num_matmul_params() const {
 }
 
 void Llama::on_params_bound() {
-  embed_ = param("embed_tokens.weight");
-  norm_ = param("norm.weight");
-  head_ = config_.tie_embeddings ? embed_ : param("lm_head.weight");
+  // A pipeline stage holds some of them (Model::set_segments); the others stay undefined.
+  auto held = [this](const std::string& name) { return has_param(name) ? param(name) : at::Tensor(); };
+  embed_ = held("embed_tokens.weight");
+  norm_ = held("norm.weight");
+  head_ = config_.tie_embeddings ? embed_ : held("lm_head.weight");
   std::tie(rope_cos_, rope_sin_) = nn::rope_tables(config_.seq_len, config_.hidden / config_.heads, config_.rope_theta);
-  blocks_.clear();
+  blocks_.assign(config_.layers, Block{});
   for (int64_t i = 0; i < config_.layers; ++i) {
-    const std::string l = "layers." + std::to_string(i) + ".";
+    const std::string l = block_prefix(i);
+    if (!has_param(l + "input_layernorm.weight")) continue;
     Block b;
     b.attn_norm = param(l + "input_layernorm.weight");
     b.mlp_norm = param(l + "post_attention_layernorm.weight");
@@ -63,7 +66,7 @@ void Llama::on_params_bound() {
     b.gate = linear(l + "mlp.gate_proj", false);
     b.up = linear(l + "mlp.up_proj", false);
     b.down = linear(l + "mlp.down_proj", false);
-    blocks_.push_back(std::move(b));
+    blocks_[i] = std::move(b);
   }
 }
 
@@ -87,14 +90,16 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
   return r + dropout(b.down.forward(at::silu(gate_up[0]) * gate_up[1]));
 }
 
-at::Tensor Llama::forward(const at::Tensor& ids) {
+at::Tensor Llama::stem(const at::Tensor& ids) const {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  at::Tensor x = dropout(enter_blocks(embed(embed_, ids)));
-  for (size_t i = 0; i < blocks_.size(); ++i)
-    x = run_block(i, [this, b = blocks_[i]](const at::Tensor& h) { return block_forward(b, h); }, x);
-  x = nn::rms_norm(x, norm_, config_.norm_eps);
-  return head(x, head_);
+  return dropout(enter_blocks(embed(embed_, ids)));
 }
+
+at::Tensor Llama::block(size_t i, const at::Tensor& x) const {
+  return run_block(i, [this, b = blocks_.at(i)](const at::Tensor& h) { return block_forward(b, h); }, x);
+}
+
+at::Tensor Llama::final_logits(const at::Tensor& x) const { return head(nn::rms_norm(x, norm_, config_.norm_eps), head_); }
 
 }  // namespace kolos::models

@@ -205,6 +205,14 @@ void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
   }
   is_first_block_.resize(n);
   for (int i = 0; i < n; ++i) is_first_block_[i] = in_first_block(specs[i].name);
+  held_.assign(n, false);
+  norm_excluded_.assign(n, false);
+}
+
+int DataParallel::param_index(const std::string& name) const {
+  for (size_t i = 0; i < specs_.size(); ++i)
+    if (specs_[i].name == name) return static_cast<int>(i);
+  return -1;
 }
 
 void DataParallel::begin_step() {
@@ -227,7 +235,7 @@ void DataParallel::begin_micro(int64_t micro, int64_t num_micro) {
 }
 
 void DataParallel::on_grad_ready(int param) {
-  if (!armed_ || param_ready_[param]) return;
+  if (!armed_ || param_ready_[param] || held_[param]) return;
   param_ready_[param] = true;
   if (is_first_block_[param] && first_block_ready_ == Clock::time_point{}) first_block_ready_ = Clock::now();
   --pending_params_[bucket_of_[param]];
@@ -363,15 +371,17 @@ void DataParallel::reduce_sequence_sliced() {
 
 double DataParallel::grad_norm() {
   at::NoGradGuard no_grad;
-  if (tp_ > 1) {
+  const bool excluding = std::find(norm_excluded_.begin(), norm_excluded_.end(), true) != norm_excluded_.end();
+  if (tp_ > 1 || excluding) {
     // Split tensors summed over the tp ranks, replicated ones counted once; then over the dp shards.
     double split = 0, replicated = 0;
     for (const auto& piece : pieces_) {
+      if (norm_excluded_[piece.tensor]) continue;
       const double sq = optim::sum_of_squares(grad_buffer_.narrow(0, piece.grad_offset, piece.numel));
       (specs_[piece.tensor].tp_dim >= 0 ? split : replicated) += sq;
     }
     at::Tensor split_sum = at::full({1}, split, at::kDouble);
-    {
+    if (tp_ > 1) {
       dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOptimizer);
       tp_comm_->all_reduce(split_sum);
     }

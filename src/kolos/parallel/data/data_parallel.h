@@ -121,6 +121,20 @@ class DataParallel {
   // the first gradient element of the first bucket it reduces, on this rank only, before the reduction.
   void inject_inf_for_test() { inject_inf_ = true; }
 
+  // Pipeline parallelism with a tied embedding (the stem's stage and the head's each hold a copy):
+  //   hold_gradient  the parameter's gradient is not final when backward is done with it here — the other stage's
+  //                  part is added after the last backward — so backward's hooks never launch its bucket;
+  //                  end_micro() of the last micro-step does (call it after adding).
+  //   exclude_from_norm  grad_norm() leaves the parameter out (the other stage counts the shared tensor once).
+  // `param`: index in param_specs() order (param_index). Set before the first step.
+  void hold_gradient(int param) { held_.at(param) = true; }
+  void exclude_from_norm(int param) { norm_excluded_.at(param) = true; }
+  // The index of parameter `name` on this rank, -1 when it holds none of that name.
+  int param_index(const std::string& name) const;
+  // The parameter's local gradient as backward accumulated it (zero 0 and 1: a view of the flat buffer; before
+  // end_micro() has reduced it).
+  at::Tensor local_grad(int param) const { return params_.at(param).grad(); }
+
   int zero() const { return zero_; }
   int dp() const { return dp_; }
   const std::vector<Bucket>& buckets() const { return buckets_; }
@@ -165,6 +179,7 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_;   // per parameter
   std::vector<bool> is_first_block_;
+  std::vector<bool> held_, norm_excluded_;  // per parameter (pipeline's tied embedding)
   std::vector<at::Tensor> params_;
   at::Tensor flat_params_, flat_grads_, grad_shard_;
   bool fp16_ = false;       // gradients reduced in fp16
