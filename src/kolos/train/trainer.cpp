@@ -14,6 +14,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "kolos/checkpoint/checkpoint.h"
+#include "kolos/core/alloc_counter.h"
 #include "kolos/core/error.h"
 #include "kolos/core/log.h"
 #include "kolos/core/timer.h"
@@ -23,6 +24,7 @@
 #include "kolos/nn/param.h"
 #include "kolos/optim/optimizer.h"
 #include "kolos/optim/schedule.h"
+#include "kolos/parallel/pipeline/simulator.h"
 #include "kolos/parallel/pipeline/stages.h"
 #include "kolos/parallel/sequence/sequence.h"
 #include "kolos/train/gemm_bench.h"
@@ -108,6 +110,7 @@ Trainer::Trainer(Config config, RunOptions options, dist::DistEnv env)
   loader_ = std::make_unique<data::Loader>(lo);
   par_ = parallel::apply(*model_, config_, plan_, mesh_.get());
   if (plan_.pp > 1) {
+    count_cpu_allocations();  // the executor's activation bytes per stage
     pipe_ = std::make_unique<parallel::pipeline::Executor>(
         parallel::pipeline::make_schedule(plan_.pp_schedule, plan_.pp, static_cast<int>(config_.train.grad_accum),
                                           plan_.pp_virtual),
@@ -212,6 +215,7 @@ StepResult Trainer::train_step(int64_t step) {
       dp.end_micro();
     };
     loss_sum = pipe_->run(batches, cb);
+    pipe_stats_.push_back(pipe_->stats());
     // The losses are on the last stage: every stage gets them (rank 0 logs).
     at::Tensor l = at::full({1}, loss_sum, at::kDouble);
     dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
@@ -460,6 +464,60 @@ void Trainer::gather_stages(checkpoint::CheckpointData& d) {
   }
 }
 
+nlohmann::json Trainer::pipeline_report() {
+  const auto& schedule = pipe_->schedule();
+  const int p = schedule.stages;
+  const int64_t steps = static_cast<int64_t>(pipe_stats_.size());
+  constexpr int64_t kFields = 5;  // start, end, forward, backward, activation bytes
+  at::Tensor mine = at::zeros({steps, kFields}, at::kDouble);
+  for (int64_t i = 0; i < steps; ++i) {
+    const auto& st = pipe_stats_[i];
+    const double v[kFields] = {st.start, st.end, st.forward, st.backward, static_cast<double>(st.activation_bytes)};
+    for (int64_t f = 0; f < kFields; ++f) mine[i][f] = v[f];
+  }
+  at::Tensor all = at::empty({p, steps, kFields}, at::kDouble);
+  {
+    dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
+    mesh_->comm("pp").all_gather(mine, all);
+  }
+  auto median = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  };
+  std::vector<std::vector<double>> measured(p), simulated(p);
+  std::vector<double> activation(p, 0.0);
+  const double per_stage_computes = schedule.micro_batches;  // per chunk
+  for (int64_t i = 0; i < steps; ++i) {
+    double start = INFINITY, end = -INFINITY;
+    std::vector<double> fwd(p), bwd(p);
+    for (int s = 0; s < p; ++s) {
+      start = std::min(start, all[s][i][0].item<double>());
+      end = std::max(end, all[s][i][1].item<double>());
+      fwd[s] = all[s][i][2].item<double>() / per_stage_computes;  // per micro-batch, the stage's chunks together
+      bwd[s] = all[s][i][3].item<double>() / per_stage_computes;
+      activation[s] = std::max(activation[s], all[s][i][4].item<double>());
+    }
+    if (i == 0) continue;  // warm-up
+    const auto timeline = parallel::pipeline::simulate(
+        schedule, parallel::pipeline::Costs::per_stage(fwd, bwd, schedule.chunks));
+    for (int s = 0; s < p; ++s) {
+      const double busy = all[s][i][2].item<double>() + all[s][i][3].item<double>();
+      measured[s].push_back(1.0 - busy / (end - start));
+      simulated[s].push_back(timeline.bubble(s));
+    }
+  }
+  nlohmann::json out = {{"schedule", schedule.name}, {"stages", p}, {"micro_batches", schedule.micro_batches},
+                        {"chunks", schedule.chunks}, {"steps_measured", std::max<int64_t>(steps - 1, 0)},
+                        {"max_held", pipe_->max_held()}};
+  for (int s = 0; s < p; ++s) {
+    out["measured_idle"].push_back(median(measured[s]));
+    out["simulated_idle"].push_back(median(simulated[s]));
+    out["activation_bytes"].push_back(activation[s]);
+  }
+  return out;
+}
+
 nlohmann::json Trainer::comm_trace(const StepResult& r) const {
   using us = std::chrono::microseconds;
   auto rel = [&](std::chrono::steady_clock::time_point t) -> nlohmann::json {
@@ -497,6 +555,7 @@ void Trainer::write_rank_report() {
                            {"held", par_.data->report().to_json()},
                            {"bucket_list", buckets},
                            {"comm", comm_total_}};
+  if (pipe_) report["pipeline"] = pipeline_report();
   const fs::path path = dir / fmt::format("rank_{}.json", env_.rank);
   const fs::path tmp = dir / fmt::format(".rank_{}.json.tmp", env_.rank);
   std::ofstream(tmp) << report.dump(1) << "\n";

@@ -123,6 +123,11 @@ class Trainer {
   // rank 0 (the ranks of dp, sp and tp coordinate 0 send theirs over the pp axis).
   void sync_tied_gradient();
   void gather_stages(checkpoint::CheckpointData& d);
+  // The pipeline's timing over the run's steps, from every stage (collective over pp): per stage the measured idle
+  // fraction (1 − compute ÷ the step's span over all stages) and the simulator's for the same schedule fed with
+  // that step's measured per-stage costs, medians over the steps after the first; the activation bytes each stage
+  // held at most. For the rank report.
+  nlohmann::json pipeline_report();
   int stage() const { return mesh_ ? mesh_->coord("pp") : 0; }
 
   Config config_;
@@ -138,6 +143,7 @@ class Trainer {
   parallel::Parallelized par_;
   std::unique_ptr<parallel::pipeline::Executor> pipe_;  // pp > 1
   int tied_param_ = -1;  // pp > 1: this stage's index of the tied embedding it shares with another stage
+  std::vector<parallel::pipeline::Executor::Stats> pipe_stats_;  // pp > 1: per step of this run
   bool autocast_ = false;                   // train.dtype = "bf16"
   std::optional<optim::LossScaler> scaler_;  // train.dtype = "fp16"
   int64_t start_step_ = 0;

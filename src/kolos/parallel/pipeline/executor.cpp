@@ -1,11 +1,13 @@
 #include "kolos/parallel/pipeline/executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include "kolos/core/alloc_counter.h"
 #include "kolos/core/error.h"
 
 namespace kolos::parallel::pipeline {
@@ -14,6 +16,10 @@ namespace {
 
 constexpr int kActivationTag = 1, kGradTag = 2, kShapeTag = 3, kEvalActivationTag = 4, kEvalShapeTag = 5;
 constexpr int64_t kShapeSlots = 8;  // dtype, ndim, up to 6 sizes
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // The ledger phase of a stretch of the step (none without a Comm).
 struct MaybePhase {
@@ -83,6 +89,9 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
   int backwards = 0;
   max_held_ = 0;
   stash_.clear();
+  stats_ = Stats{};
+  stats_.start = now_s();
+  const int64_t live_at_start = cpu_live_bytes();
   for (const Instruction& ins : schedule_.instructions[stage_]) {
     const std::pair<int, int> key{ins.micro, ins.chunk};
     const int u = schedule_.virtual_stage(stage_, ins.chunk < 0 ? 0 : ins.chunk);
@@ -99,9 +108,13 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
         Stash& s = stash_[key];
         if (u == 0) s.input = micro[ins.micro].input;
         KOLOS_ASSERT(s.input.defined(), "stage {}: forward {} without its input", stage_, to_string(ins));
+        const double t0 = now_s();
         s.output = cb.forward(ins.micro, ins.chunk, s.input, u == last ? micro[ins.micro].target : at::Tensor());
         if (u == last) loss_sum += s.output.detach().item<double>();
+        stats_.end = now_s();
+        stats_.forward += stats_.end - t0;
         max_held_ = std::max(max_held_, static_cast<int>(stash_.size()));
+        stats_.activation_bytes = std::max(stats_.activation_bytes, cpu_live_bytes() - live_at_start);
         break;
       }
       case Op::kSendActivation: {
@@ -122,6 +135,7 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
         MaybePhase scope(comm_, dist::Phase::kBackward);
         Stash& s = stash_.at(key);
         if (cb.before_backward) cb.before_backward(backwards, K);
+        const double t0 = now_s();
         if (u == last) {
           (cb.objective ? cb.objective(s.output) : s.output).backward();
         } else {
@@ -129,6 +143,8 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
                        to_string(ins));
           torch::autograd::backward({s.output}, {s.grad_out.to(s.output.scalar_type())});
         }
+        stats_.end = now_s();
+        stats_.backward += stats_.end - t0;
         if (cb.after_backward) cb.after_backward(backwards, K);
         ++backwards;
         s.output = at::Tensor();

@@ -67,6 +67,17 @@ class Executor {
   // The most activation sets (micro, chunk) the last run held at once (schedule.h's max_in_flight).
   int max_held() const { return max_held_; }
 
+  // What the last run() measured on this stage. Times are seconds of the steady clock (one clock for every process
+  // of a machine, so stages can be compared); activation bytes are the CPU allocator's live bytes after a forward
+  // less those at the start of the run, at most over the run — the saved tensors and the stashed inputs and
+  // outputs of the activation sets held (kolos/core/alloc_counter.h; 0 unless counting).
+  struct Stats {
+    double start = 0, end = 0;        // run() entered; last computation finished
+    double forward = 0, backward = 0;  // time in Forward / Backward instructions
+    int64_t activation_bytes = 0;
+  };
+  const Stats& stats() const { return stats_; }
+
  private:
   struct Stash {
     at::Tensor input;   // the received activation (a leaf), or the ids
@@ -89,6 +100,7 @@ class Executor {
   std::map<int, Channel> sent_, received_, eval_sent_, eval_received_;  // by peer
   std::vector<std::pair<dist::Handle, at::Tensor>> sends_;
   int max_held_ = 0;
+  Stats stats_;
 };
 
 }  // namespace kolos::parallel::pipeline
