@@ -1,0 +1,338 @@
+#include "kolos/memory/chunk_manager.h"
+
+#include <algorithm>
+
+#include <c10/core/CPUAllocator.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include "kolos/core/error.h"
+
+namespace kolos::memory {
+
+namespace {
+
+using torch::autograd::variable_list;
+
+// The identity on a block's output: its backward runs before any node of the block's own backward (they are
+// reachable only through this output), so the block's chunks are gathered (and the previous block's prefetched)
+// just in time.
+class PreBackward : public torch::autograd::Node {
+ public:
+  PreBackward(ChunkManager* manager, int block) : manager_(manager), block_(block) {}
+  std::string name() const override { return "kolos::memory::PreBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    manager_->before_backward(block_);
+    return std::move(grads);
+  }
+
+ private:
+  ChunkManager* manager_;
+  int block_;
+};
+
+}  // namespace
+
+// Runs after the parameter's AccumulateGrad node: its gradient of this backward is complete.
+class ChunkManager::ReadyHook : public torch::autograd::FunctionPostHook {
+ public:
+  ReadyHook(ChunkManager* owner, int param) : owner_(owner), param_(param) {}
+  variable_list operator()(const variable_list& outputs, const variable_list& /*inputs*/) override {
+    owner_->on_grad_ready(param_);
+    return outputs;
+  }
+
+ private:
+  ChunkManager* owner_;
+  int param_;
+};
+
+ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist::Comm* comm)
+    : params_(std::move(params)), options_(std::move(options)), comm_(comm) {
+  KOLOS_CHECK(options_.chunk_size > 0, "the chunk size must be > 0 elements, got {}", options_.chunk_size);
+  KOLOS_CHECK(options_.max_pending_reductions >= 1, "max_pending_reductions must be >= 1, got {}",
+              options_.max_pending_reductions);
+  KOLOS_CHECK(!params_.empty(), "ChunkManager: no parameters to manage");
+  if (comm_ && comm_->size() > 1) {
+    group_size_ = comm_->size();
+    rank_ = comm_->rank();
+  } else {
+    comm_ = nullptr;  // one rank: local copies, nothing communicated
+  }
+
+  std::vector<int64_t> numels;
+  std::vector<int> blocks;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& p = params_[i];
+    int64_t n = 1;
+    for (int64_t d : p.shape) n *= d;
+    KOLOS_CHECK(n > 0, "ChunkManager: parameter '{}' has no elements", p.name);
+    KOLOS_CHECK(p.block >= 0 && (i == 0 || p.block >= params_[i - 1].block),
+                "ChunkManager: parameter '{}' is in block {} after block {}: register parameters in block (forward) "
+                "order",
+                p.name, p.block, i == 0 ? 0 : params_[i - 1].block);
+    numels.push_back(n);
+    blocks.push_back(p.block);
+  }
+  num_blocks_ = blocks.back() + 1;
+  layout_ = pack_chunks(numels, blocks, options_.chunk_size, group_size_);
+
+  block_chunks_.assign(num_blocks_, {0, 0});
+  for (int b = 0, c = 0; b < num_blocks_; ++b) {
+    block_chunks_[b].first = c;
+    while (c < static_cast<int>(layout_.chunks.size()) && layout_.chunks[c].block == b) ++c;
+    block_chunks_[b].second = c;
+  }
+  keep_gathered_.assign(num_blocks_, false);
+  for (int b : options_.keep_gathered) {
+    KOLOS_CHECK(b >= 0 && b < num_blocks_, "keep_gathered names block {}, the model has blocks 0..{}", b,
+                num_blocks_ - 1);
+    keep_gathered_[b] = true;
+  }
+
+  auto block_bytes = [&](int b) {
+    int64_t bytes = 0;
+    for (int c = block_chunks_[b].first; c < block_chunks_[b].second; ++c) bytes += layout_.chunks[c].capacity * 4;
+    return bytes;
+  };
+  int64_t cache_bytes = options_.buffer_cache_bytes;
+  if (cache_bytes < 0) {
+    cache_bytes = 0;
+    for (int b = 0; b < num_blocks_; ++b)
+      cache_bytes = std::max(cache_bytes, 2 * (block_bytes(b) + (b + 1 < num_blocks_ ? block_bytes(b + 1) : 0)));
+  }
+  cache_ = std::make_unique<BufferCache>(c10::GetCPUAllocator(), cache_bytes);
+
+  int64_t shard_total = 0;
+  for (const auto& c : layout_.chunks) {
+    shard_offset_.push_back(shard_total);
+    shard_total += c.capacity / group_size_;
+  }
+  shard_params_ = at::zeros({shard_total}, at::kFloat);
+  shard_grads_ = at::zeros({shard_total}, at::kFloat);
+
+  param_place_.resize(params_.size());
+  for (size_t c = 0; c < layout_.chunks.size(); ++c) {
+    const auto& lc = layout_.chunks[c];
+    const int64_t s = lc.capacity / group_size_;
+    auto chunk = std::make_unique<Chunk>(static_cast<int>(c), lc.block, lc.capacity,
+                                         shard_params_.narrow(0, shard_offset_[c], s),
+                                         shard_grads_.narrow(0, shard_offset_[c], s), comm_, cache_.get());
+    for (int i = lc.first_param; i < lc.end_param; ++i) {
+      chunk->add_tensor(layout_.slots[i].offset, params_[i].shape);
+      param_place_[i] = {static_cast<int>(c), chunk->num_tensors() - 1};
+    }
+    chunk->release();
+    chunks_.push_back(std::move(chunk));
+  }
+
+  // The hooks. The accumulator is held here: a parameter keeps only a weak reference to it.
+  for (int i = 0; i < num_params(); ++i) {
+    auto acc = torch::autograd::impl::grad_accumulator(param(i));
+    KOLOS_ASSERT(acc, "parameter {} has no gradient accumulator", params_[i].name);
+    acc->add_post_hook(std::make_unique<ReadyHook>(this, i));
+    accumulators_.push_back(std::move(acc));
+  }
+  done_.assign(chunks_.size(), false);
+  next_reduction_ = num_chunks() - 1;
+}
+
+ChunkManager::~ChunkManager() {
+  try {
+    while (!pending_.empty()) wait_oldest_reduction();
+  } catch (...) {
+    // A failed peer: reported by whoever waited first.
+  }
+}
+
+const at::Tensor& ChunkManager::param(int i) const {
+  const auto [c, t] = param_place_[i];
+  return chunks_[c]->tensor(t);
+}
+
+std::vector<at::Tensor> ChunkManager::params() const {
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < num_params(); ++i) out.push_back(param(i));
+  return out;
+}
+
+std::vector<optim::Piece> ChunkManager::optimizer_pieces(const std::vector<double>& weight_decay,
+                                                         const std::vector<bool>& adapt) const {
+  KOLOS_ASSERT(weight_decay.empty() || static_cast<int>(weight_decay.size()) == num_params(),
+               "one weight decay per parameter expected");
+  KOLOS_ASSERT(adapt.empty() || static_cast<int>(adapt.size()) == num_params(), "one adapt flag per parameter expected");
+  std::vector<optim::Piece> pieces;
+  for (int i = 0; i < num_params(); ++i) {
+    const auto [c, t] = param_place_[i];
+    const Chunk& ch = *chunks_[c];
+    const int64_t begin = ch.tensor_offset(t), end = begin + ch.tensor(t).numel();
+    const int64_t lo = std::max(begin, ch.shard_begin()), hi = std::min(end, ch.shard_begin() + ch.shard_numel());
+    if (lo >= hi) continue;
+    const int64_t at = shard_offset_[c] + (lo - ch.shard_begin());
+    pieces.push_back({at, at, at, hi - lo, weight_decay.empty() ? 0.0 : weight_decay[i], i,
+                      adapt.empty() ? true : static_cast<bool>(adapt[i])});
+  }
+  return pieces;
+}
+
+void ChunkManager::set_param(int i, const at::Tensor& value) {
+  const at::Tensor& p = param(i);
+  KOLOS_CHECK(value.sizes() == p.sizes(), "parameter '{}': expected shape {}, got {}", params_[i].name,
+              c10::str(p.sizes()), c10::str(value.sizes()));
+  at::NoGradGuard no_grad;
+  const auto [c, t] = param_place_[i];
+  Chunk& ch = *chunks_[c];
+  const at::Tensor flat = value.detach().to(at::kFloat).contiguous().view(-1);
+  const int64_t begin = ch.tensor_offset(t), end = begin + p.numel();
+  const int64_t lo = std::max(begin, ch.shard_begin()), hi = std::min(end, ch.shard_begin() + ch.shard_numel());
+  if (lo < hi) ch.shard().narrow(0, lo - ch.shard_begin(), hi - lo).copy_(flat.narrow(0, lo - begin, hi - lo));
+  if (ch.residency() != Chunk::Residency::kReleased) {
+    ch.wait_gather();
+    p.detach().copy_(value);  // the gathered copy too
+  }
+}
+
+std::vector<at::Tensor> ChunkManager::whole_params() {
+  std::vector<at::Tensor> out(params_.size());
+  at::NoGradGuard no_grad;
+  for (int c = 0; c < num_chunks(); ++c) {
+    Chunk& ch = *chunks_[c];
+    const bool was_released = ch.residency() == Chunk::Residency::kReleased;
+    ch.gather_async(dist::Phase::kOther);
+    ch.wait_gather();
+    const auto& lc = layout_.chunks[c];
+    for (int i = lc.first_param; i < lc.end_param; ++i) out[i] = param(i).detach().clone();
+    if (was_released) ch.release();
+  }
+  return out;
+}
+
+void ChunkManager::check_block(int block, const char* what) const {
+  KOLOS_ASSERT(block >= 0 && block < num_blocks_, "{}({}): the blocks are 0..{}", what, block, num_blocks_ - 1);
+}
+
+void ChunkManager::gather_block(int block, dist::Phase phase) {
+  for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
+    Chunk& ch = *chunks_[c];
+    if (ch.residency() != Chunk::Residency::kReleased || done_[c]) continue;
+    ch.gather_async(phase);
+    ++gathers_;
+    peak_gathered_bytes_ = std::max(peak_gathered_bytes_, gathered_bytes());
+  }
+}
+
+void ChunkManager::release_chunk(Chunk& c) {
+  if (c.residency() == Chunk::Residency::kReleased) return;
+  c.release();
+}
+
+int64_t ChunkManager::gathered_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& c : chunks_)
+    if (c->residency() != Chunk::Residency::kReleased) bytes += c->nbytes();
+  return bytes;
+}
+
+void ChunkManager::begin_step() {
+  KOLOS_ASSERT(pending_.empty(), "begin_step with gradient reductions in flight (finish_backward was not called)");
+  shard_grads_.zero_();
+}
+
+void ChunkManager::before_forward(int block) {
+  check_block(block, "before_forward");
+  gather_block(block, dist::Phase::kForward);
+  if (block + 1 < num_blocks_) gather_block(block + 1, dist::Phase::kForward);  // prefetch
+  for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
+    chunks_[c]->wait_gather();
+    chunks_[c]->set_all(TensorState::kHold, TensorState::kCompute);
+  }
+}
+
+void ChunkManager::after_forward(int block) {
+  check_block(block, "after_forward");
+  for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
+    chunks_[c]->set_all(TensorState::kCompute, TensorState::kHold);
+    if (!keep_gathered_[block]) release_chunk(*chunks_[c]);
+  }
+}
+
+at::Tensor ChunkManager::pre_backward(int block, const at::Tensor& output) {
+  check_block(block, "pre_backward");
+  if (!at::GradMode::is_enabled() || !output.requires_grad()) return output;
+  at::Tensor y = output.detach();  // an alias: same storage, no copy
+  auto node = std::shared_ptr<PreBackward>(new PreBackward(this, block), torch::autograd::deleteNode);
+  node->set_next_edges(torch::autograd::collect_next_edges(output));
+  torch::autograd::set_history(y, node);
+  return y;
+}
+
+void ChunkManager::before_backward(int block) {
+  check_block(block, "before_backward");
+  gather_block(block, dist::Phase::kBackward);
+  if (block > 0) gather_block(block - 1, dist::Phase::kBackward);  // prefetch
+  for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
+    Chunk& ch = *chunks_[c];
+    KOLOS_ASSERT(!done_[c], "block {}: its backward began after chunk {}'s gradient was complete", block, c);
+    ch.wait_gather();
+    ch.set_all(TensorState::kHold, TensorState::kCompute);
+    ch.prepare_grads();
+  }
+}
+
+void ChunkManager::on_grad_ready(int param) {
+  const auto [c, t] = param_place_[param];
+  Chunk& ch = *chunks_[c];
+  KOLOS_ASSERT(!done_[c], "parameter '{}' received a second gradient in one backward (chunk {} was complete)",
+               params_[param].name, c);
+  if (!ch.grad_ready(t)) return;
+  // No node of this backward reads the chunk's parameters any more: every use of them has delivered its gradient.
+  done_[c] = true;
+  release_chunk(ch);
+  launch_ready_reductions();
+}
+
+void ChunkManager::launch_ready_reductions() {
+  while (next_reduction_ >= 0 && done_[next_reduction_]) {
+    if (static_cast<int>(pending_.size()) >= options_.max_pending_reductions) wait_oldest_reduction();
+    chunks_[next_reduction_]->reduce_async();
+    pending_.push_back(next_reduction_);
+    --next_reduction_;
+  }
+}
+
+void ChunkManager::wait_oldest_reduction() {
+  const int c = pending_.front();
+  pending_.erase(pending_.begin());
+  chunks_[c]->wait_reduce();
+}
+
+void ChunkManager::finish_backward() {
+  // Parameters that got no gradient (unused in this backward): a zero gradient, so every rank reduces every chunk.
+  for (int c = num_chunks() - 1; c >= 0; --c) {
+    if (done_[c]) continue;
+    chunks_[c]->mark_unused_ready();
+    done_[c] = true;
+  }
+  launch_ready_reductions();
+  KOLOS_ASSERT(next_reduction_ < 0, "chunk {} was not reduced", next_reduction_);
+  while (!pending_.empty()) wait_oldest_reduction();
+  release_all();
+  for (int c = 0; c < num_chunks(); ++c) {
+    KOLOS_ASSERT(chunks_[c]->count(TensorState::kHold) == chunks_[c]->num_tensors(),
+                 "chunk {}: {} tensors compute after backward", c, chunks_[c]->count(TensorState::kCompute));
+    done_[c] = false;
+  }
+  next_reduction_ = num_chunks() - 1;
+}
+
+void ChunkManager::release_all() {
+  for (auto& c : chunks_) {
+    c->set_all(TensorState::kCompute, TensorState::kHold);
+    release_chunk(*c);
+  }
+}
+
+}  // namespace kolos::memory

@@ -1,0 +1,191 @@
+// ChunkManager: ZeRO-3 over chunks (DESIGN "Chunks") — the parameters of one dp rank packed into chunks
+// (memory/chunk.h, layout by memory/chunk_search.h), each rank owning a contiguous shard of every chunk, gathered
+// block by block with the next block prefetched, gradients reduce-scattered per chunk as soon as they are complete.
+//
+// Blocks. Every parameter belongs to a block: an index in forward execution order (0, 1, ..., B−1), the unit that
+// is gathered and released together. Chunks never span blocks (chunk_search.h), so a block owns whole chunks.
+// For a transformer: block 0 = the embeddings (token, position), blocks 1..L = the transformer blocks, block L+1 =
+// the final norm and an untied head. A parameter used in two places (a tied embedding, used first by the look-up and
+// last by the head) belongs to the block of its first use, and that block should be in Options::keep_gathered: it
+// then stays gathered from its before_forward until its gradient is reduced at the end of backward (one gather per
+// micro-step instead of two; the memory of that block is resident for the step).
+//
+// The step protocol (one thread; the CPU autograd engine runs the hooks and the pre-backward node on the thread
+// that calls backward()):
+//   begin_step()                     zero the gradient shards
+//   per micro-step:
+//     per block b, in order:         before_forward(b); y = block(x); after_forward(b); y = pre_backward(b, y)
+//     loss.backward()                the pre-backward node of block b runs before any of b's backward:
+//                                    before_backward(b); each parameter's AccumulateGrad post-hook marks it ready;
+//                                    a chunk whose tensors are all ready releases its parameters and launches its
+//                                    gradient reduce-scatter
+//     finish_backward()              zero gradients for parameters that got none, launch what is left, wait for
+//                                    every reduction, release every chunk
+//   optimizer over shard_params() / shard_grads() (flat fp32, pieces from optimizer_pieces())
+//
+//   before_forward(b)   starts the gather of b's chunks unless prefetched, starts the gather of b+1's (prefetch),
+//                       waits for b's; b's tensors -> kCompute. Phase "forward".
+//   after_forward(b)    b's tensors -> kHold; releases b's chunks unless b keeps gathered (then finish_backward,
+//                       or release_all after an evaluation forward, releases them).
+//   before_backward(b)  starts the gather of b's chunks (unless gathered or in flight) and of b−1's (prefetch), waits
+//                       for b's, allocates b's gradient buffers (each .grad a slice of them); b's tensors ->
+//                       kCompute. Phase "backward".
+// Without grad mode (evaluation): before_forward/after_forward per block, then release_all(); pre_backward returns
+// its input.
+//
+// Contract with the model: a block reads its parameters only between its before_forward and after_forward (a
+// keep-gathered block: until the end of forward), and in backward only through autograd. A chunk's parameters are
+// released in backward as soon as every gradient of its tensors has arrived: every node that saved a parameter (or
+// a view of it) has a graph edge to it, so by then none is left to run. A parameter read in backward outside
+// autograd (detached, under no-grad) is not tracked. Recomputed blocks (nn::recompute) work: the pre-backward node
+// sits above the recomputation and gathers the block before it runs again.
+//
+// Gradients are averaged over the dp group (reduce-scatter, average) and added into shard_grads(): with gradient
+// accumulation every micro-step reduces (that is what keeps gradients sharded) and the shards sum the micro-steps,
+// so a loss scaled by 1/grad_accum gives the gradient of the global batch. Reductions are launched in descending
+// chunk order — chunk c only after every chunk above it — so every rank issues them in the same order whatever
+// order its hooks fired in (a chunk done early waits; blocks in forward order finish backward in that order anyway).
+// Gathers and reductions share the Comm: every rank must also interleave them identically, which holds because
+// they are issued from the same points of the same autograd graph, run by the engine in a deterministic order
+// (the assumption FSDP makes too). Collective calls per micro-step: one all-gather per chunk in forward and one in
+// backward (one in all for keep-gathered blocks), one reduce-scatter per chunk — 3Ψ (padded) in the ledger.
+//
+// Memory: at most the chunks of two adjacent blocks (plus keep-gathered ones) are gathered at a time, plus the
+// gradient buffers (chunk-sized, allocated in before_backward) of the block in backward and of the chunks whose
+// reduction is in flight or waits its turn (at most Options::max_pending_reductions in flight before the oldest is
+// waited for). Released buffers are cached for reuse (BufferCache, Options::buffer_cache_bytes).
+//
+// Lifetime: the manager must outlive every autograd graph built with its parameters (its hooks and nodes point at
+// it); the Comm outlives the manager. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "kolos/dist/comm.h"
+#include "kolos/memory/chunk.h"
+#include "kolos/memory/chunk_search.h"
+#include "kolos/optim/optimizer.h"
+
+namespace torch::autograd {
+struct Node;
+}
+
+namespace kolos::memory {
+
+// One parameter to manage: this rank's (tensor-parallel) piece shape, and its block.
+struct ChunkParam {
+  std::string name;
+  std::vector<int64_t> shape;
+  int block = 0;
+};
+
+class ChunkManager {
+ public:
+  struct Options {
+    // Elements per regular chunk (> 0): e.g. search_chunk_size(...).chunk_size. Rounded up to a multiple of the
+    // group size; a larger parameter gets a chunk of its own.
+    int64_t chunk_size = 0;
+    // Blocks that stay gathered from before_forward until their gradient is reduced (see "Blocks" above).
+    std::vector<int> keep_gathered;
+    // Released buffers kept for reuse; < 0: the bytes of the two largest adjacent blocks' chunks, twice (parameters
+    // and gradients), which prefetching needs anyway.
+    int64_t buffer_cache_bytes = -1;
+    // Reductions in flight before the oldest is waited for (bounds gradient-buffer memory). >= 1.
+    int max_pending_reductions = 4;
+  };
+
+  // Packs `params` (blocks non-decreasing, in registration = forward order) into chunks, allocates this rank's
+  // shards (zeros) and builds the parameter tensors (requires_grad, on their chunks' storage), all released.
+  // `comm`: the dp group (null or size 1: one rank; gathers and reductions are local copies). Bad options:
+  // InputError.
+  ChunkManager(std::vector<ChunkParam> params, Options options, dist::Comm* comm);
+  ~ChunkManager();
+  ChunkManager(const ChunkManager&) = delete;
+  ChunkManager& operator=(const ChunkManager&) = delete;
+
+  // --- Layout ---
+  int num_params() const { return static_cast<int>(params_.size()); }
+  int num_blocks() const { return num_blocks_; }
+  const ChunkLayout& layout() const { return layout_; }
+  int num_chunks() const { return static_cast<int>(chunks_.size()); }
+  Chunk& chunk(int c) { return *chunks_[c]; }
+  const Chunk& chunk(int c) const { return *chunks_[c]; }
+  // The chunks [first, end) of block b.
+  std::pair<int, int> block_chunks(int b) const { return block_chunks_[b]; }
+  // Parameter i (registration order): a tensor on its chunk's storage. Its values are readable only while its chunk
+  // is gathered (between before_forward/before_backward of its block and the release). Bind these to the model.
+  const at::Tensor& param(int i) const;
+  std::vector<at::Tensor> params() const;
+  const std::string& param_name(int i) const { return params_[i].name; }
+
+  // --- Shards (what the optimizer updates) ---
+  // This rank's shard of every chunk, concatenated in chunk order: fp32, contiguous, Σ capacity / n elements.
+  const at::Tensor& shard_params() const { return shard_params_; }
+  const at::Tensor& shard_grads() const { return shard_grads_; }
+  // One optimizer piece per (parameter ∩ this rank's shard), tensor = parameter index, offsets into
+  // shard_params/shard_grads (equal); `weight_decay` and `adapt` per parameter (empty: 0 and true). Padding is not
+  // covered (it stays zero).
+  std::vector<optim::Piece> optimizer_pieces(const std::vector<double>& weight_decay = {},
+                                             const std::vector<bool>& adapt = {}) const;
+  // Sets parameter i from its whole value (this rank keeps the part in its shard). Not while a step is running.
+  void set_param(int i, const at::Tensor& value);
+  // Every parameter's whole value (fresh tensors): gathers each chunk in turn and releases it. Collective over the
+  // dp group; phase "other". Between steps only (checkpoints, parity checks).
+  std::vector<at::Tensor> whole_params();
+
+  // --- The step (see the header comment) ---
+  void begin_step();
+  void before_forward(int block);
+  void after_forward(int block);
+  // The identity on a block's output whose backward calls before_backward(block) first. With grad mode off, or an
+  // output that does not require grad, returns `output` itself.
+  at::Tensor pre_backward(int block, const at::Tensor& output);
+  void before_backward(int block);
+  void finish_backward();
+  // Releases every chunk (waiting for gathers in flight). After an evaluation forward, where keep-gathered blocks
+  // stay gathered until the end of forward (the tied head reads them); finish_backward calls it.
+  void release_all();
+
+  // --- Figures ---
+  int64_t gathered_bytes() const;  // parameter chunks resident (gathered or gathering) now
+  int64_t peak_gathered_bytes() const { return peak_gathered_bytes_; }  // the most at any gather by the manager
+  void reset_peak() { peak_gathered_bytes_ = gathered_bytes(); }
+  int64_t gathers() const { return gathers_; }                      // all-gathers started since construction
+  int64_t cached_bytes() const { return cache_->cached_bytes(); }
+
+ private:
+  class ReadyHook;
+  void check_block(int block, const char* what) const;
+  void gather_block(int block, dist::Phase phase);
+  void release_chunk(Chunk& c);
+  void on_grad_ready(int param);
+  void launch_ready_reductions();
+  void wait_oldest_reduction();
+
+  std::vector<ChunkParam> params_;
+  Options options_;
+  dist::Comm* comm_;
+  int group_size_ = 1, rank_ = 0, num_blocks_ = 0;
+  ChunkLayout layout_;
+  std::vector<std::pair<int, int>> block_chunks_;
+  std::vector<bool> keep_gathered_;
+  std::unique_ptr<BufferCache> cache_;
+  std::vector<std::unique_ptr<Chunk>> chunks_;
+  std::vector<std::pair<int, int>> param_place_;  // per parameter: (chunk, tensor index in the chunk)
+  at::Tensor shard_params_, shard_grads_;
+  std::vector<int64_t> shard_offset_;  // per chunk: where its shard lies in the flat shard buffers
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep the hooked AccumulateGrad nodes alive
+
+  std::vector<bool> done_;         // per chunk: every gradient of this backward arrived (reduction due)
+  int next_reduction_ = -1;        // the next chunk (descending) whose reduction may be launched
+  std::vector<int> pending_;       // chunks with a reduction in flight, oldest first
+  int64_t peak_gathered_bytes_ = 0, gathers_ = 0;
+};
+
+}  // namespace kolos::memory

@@ -1,0 +1,446 @@
+// Chunk-based ZeRO-3 (memory/chunk.h, memory/chunk_manager.h) on ranks run as threads (tests/dist/thread_ranks.h):
+//   Parity    a small model of MLP blocks trained 3 SGD steps under the chunk manager on 1, 2 and 4 ranks (with
+//             and without gradient accumulation and recomputed blocks, with a tied input/output matrix in a
+//             keep-gathered block 0) ends with the parameters of the same model trained on one process with whole
+//             tensors (fp32, 1e-6 relative). A parameter the loss does not use gets a zero gradient.
+//   Release   a released chunk's storage has nbytes 0 and no data; a view taken before the release, and a tensor
+//             autograd saved, read the right values after the re-gather.
+//   Bytes     per step the ledger's all-gathers (forward, backward) and reduce-scatters equal 3Ψ in its convention,
+//             Ψ padded to the chunk capacities (the padding is computed), and within 2% of the unpadded 3Ψ.
+//   Prefetch  in forward, the gather of block b+1 starts (ledger timestamp) before block b computes.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <mutex>
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include "kolos/memory/chunk_manager.h"
+#include "kolos/nn/recompute.h"
+#include "tests/dist/thread_ranks.h"
+
+namespace kolos::memory {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The test model: `layers` residual MLP blocks x + W2·gelu(W1·x + b1) + b2 of width h and hidden f. With `tied`,
+// an input matrix Win (h × d) maps the inputs in and its transpose maps the result out (used at both ends, like a
+// tied embedding): it is block 0, kept gathered. Loss: mean squared error against a target.
+struct TinyModel {
+  int layers = 4;
+  int64_t h = 16, f = 30, d = 12;
+  bool tied = false;
+  bool recompute = false;  // each MLP block through nn::recompute (activation checkpointing)
+
+  int first_mlp_block() const { return tied ? 1 : 0; }
+  int64_t in_width() const { return tied ? d : h; }
+
+  std::vector<ChunkParam> params() const {
+    std::vector<ChunkParam> p;
+    if (tied) p.push_back({"in.w", {h, d}, 0});
+    for (int l = 0; l < layers; ++l) {
+      const int b = first_mlp_block() + l;
+      const std::string n = "h." + std::to_string(l) + ".";
+      p.push_back({n + "fc1.w", {f, h}, b});
+      p.push_back({n + "fc1.b", {f}, b});
+      p.push_back({n + "fc2.w", {h, f}, b});
+      p.push_back({n + "fc2.b", {h}, b});
+    }
+    return p;
+  }
+
+  int64_t num_elements() const {
+    int64_t n = 0;
+    for (const auto& p : params()) {
+      int64_t m = 1;
+      for (int64_t s : p.shape) m *= s;
+      n += m;
+    }
+    return n;
+  }
+
+  std::vector<at::Tensor> init() const {
+    std::vector<at::Tensor> out;
+    int i = 0;
+    for (const auto& p : params()) {
+      auto gen = at::detail::createCPUGenerator(100 + i++);
+      out.push_back(at::randn(p.shape, gen, at::kFloat) * 0.1);
+    }
+    return out;
+  }
+
+  // The step's global batch (8 rows): inputs and targets.
+  std::pair<at::Tensor, at::Tensor> batch(int step) const {
+    auto gen = at::detail::createCPUGenerator(7 + step);
+    at::Tensor x = at::randn({8, in_width()}, gen, at::kFloat);
+    at::Tensor y = at::randn({8, in_width()}, gen, at::kFloat);
+    return {x, y};
+  }
+
+  // The loss; `m` (may be null) is called around every block as the chunk protocol says. `times` gets each MLP
+  // block's compute start and end.
+  at::Tensor loss(const std::vector<at::Tensor>& p, const at::Tensor& x, const at::Tensor& target, ChunkManager* m,
+                  std::vector<std::pair<Clock::time_point, Clock::time_point>>* times = nullptr) const {
+    size_t k = 0;
+    at::Tensor a = x, win;
+    if (tied) {
+      win = p[k++];
+      if (m) m->before_forward(0);
+      a = a.mm(win.t());
+      if (m) {
+        m->after_forward(0);
+        a = m->pre_backward(0, a);
+      }
+    }
+    for (int l = 0; l < layers; ++l) {
+      const int b = first_mlp_block() + l;
+      const at::Tensor &w1 = p[k], &b1 = p[k + 1], &w2 = p[k + 2], &b2 = p[k + 3];
+      k += 4;
+      if (m) m->before_forward(b);
+      const auto start = Clock::now();
+      auto block = [w1, b1, w2, b2](const at::Tensor& in) {
+        return in + at::gelu(in.mm(w1.t()) + b1).mm(w2.t()) + b2;
+      };
+      at::Tensor y = recompute ? nn::recompute(block, a) : block(a);
+      if (times) times->push_back({start, Clock::now()});
+      if (m) {
+        m->after_forward(b);
+        y = m->pre_backward(b, y);
+      }
+      a = y;
+    }
+    if (tied) a = a.mm(win);  // block 0 is still gathered (kept)
+    return (a - target).pow(2).mean();
+  }
+};
+
+double rel_diff(const at::Tensor& got, const at::Tensor& want) {
+  return (got - want).norm().item<double>() / std::max(want.norm().item<double>(), 1e-30);
+}
+
+constexpr double kLr = 0.05;
+constexpr int kSteps = 3;
+
+// One process, whole tensors, plain autograd and SGD.
+std::vector<at::Tensor> train_reference(const TinyModel& model) {
+  std::vector<at::Tensor> p = model.init();
+  for (auto& t : p) t.set_requires_grad(true);
+  for (int step = 0; step < kSteps; ++step) {
+    auto [x, y] = model.batch(step);
+    model.loss(p, x, y, nullptr).backward();
+    at::NoGradGuard no_grad;
+    for (auto& t : p) {
+      t.sub_(t.grad() * kLr);
+      t.mutable_grad().reset();
+    }
+  }
+  return p;
+}
+
+// The chunk manager on `comm` (null: one rank), `accum` micro-steps per step; returns the whole parameters.
+std::vector<at::Tensor> train_chunked(const TinyModel& model, ChunkManager::Options options, dist::Comm* comm,
+                                      int accum) {
+  const int n = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  ChunkManager m(model.params(), options, comm);
+  const auto init = model.init();
+  for (int i = 0; i < m.num_params(); ++i) m.set_param(i, init[i]);
+  for (int step = 0; step < kSteps; ++step) {
+    auto [x, y] = model.batch(step);
+    const int64_t rows = 8 / n / accum;
+    m.begin_step();
+    for (int k = 0; k < accum; ++k) {
+      const int64_t first = rank * (8 / n) + k * rows;
+      at::Tensor loss = model.loss(m.params(), x.narrow(0, first, rows), y.narrow(0, first, rows), &m) / accum;
+      loss.backward();
+      m.finish_backward();
+      EXPECT_EQ(m.gathered_bytes(), 0);
+    }
+    at::NoGradGuard no_grad;
+    m.shard_params().sub_(m.shard_grads() * kLr);
+  }
+  return m.whole_params();
+}
+
+void expect_parity(const TinyModel& model, const ChunkManager::Options& options, int ranks, int accum) {
+  const auto want = train_reference(model);
+  std::vector<std::vector<at::Tensor>> got(ranks);
+  if (ranks == 1) {
+    got[0] = train_chunked(model, options, nullptr, accum);
+  } else {
+    test::run_thread_ranks(ranks, [&](dist::Comm& comm, int rank) {
+      got[rank] = train_chunked(model, options, &comm, accum);
+    });
+  }
+  const auto names = model.params();
+  const auto init = model.init();
+  for (int r = 0; r < ranks; ++r)
+    for (size_t i = 0; i < want.size(); ++i) {
+      const at::Tensor w = want[i].detach();
+      ASSERT_GT(rel_diff(w, init[i]), 1e-4) << names[i].name;  // the steps moved it
+      EXPECT_LE(rel_diff(got[r][i], w), 1e-6) << "rank " << r << " " << names[i].name;
+      // Stricter: the change itself (a gradient off by a factor would show here first).
+      EXPECT_LE(rel_diff(got[r][i] - init[i], w - init[i]), 1e-4) << "rank " << r << " " << names[i].name;
+    }
+}
+
+ChunkManager::Options two_chunks_per_block(const TinyModel& model) {
+  // 520 elements: fc1 (480 + 30) in one chunk, fc2 (480 + 16) in the next; the tied 16 × 12 matrix alone.
+  ChunkManager::Options o;
+  o.chunk_size = 520;
+  if (model.tied) o.keep_gathered = {0};
+  return o;
+}
+
+TEST(ChunkZero3, OneRankMatchesPlainTraining) {
+  TinyModel model;
+  model.tied = true;
+  expect_parity(model, two_chunks_per_block(model), 1, 1);
+}
+
+TEST(ChunkZero3, TwoRanksMatchOneProcess) {
+  TinyModel model;
+  model.tied = true;
+  expect_parity(model, two_chunks_per_block(model), 2, 1);
+}
+
+TEST(ChunkZero3, TwoRanksWithGradientAccumulationMatchOneProcess) {
+  TinyModel model;
+  model.tied = true;
+  expect_parity(model, two_chunks_per_block(model), 2, 2);
+}
+
+TEST(ChunkZero3, TwoRanksWithRecomputedBlocksMatchOneProcess) {
+  // Checkpointed blocks run again inside backward (a re-entrant backward fires the gradient hooks): the
+  // pre-backward node has gathered the block before its recomputation.
+  TinyModel model;
+  model.tied = true;
+  model.recompute = true;
+  expect_parity(model, two_chunks_per_block(model), 2, 1);
+}
+
+TEST(ChunkZero3, FourRanksMatchOneProcess) {
+  TinyModel model;
+  model.tied = true;
+  ChunkManager::Options o = two_chunks_per_block(model);
+  o.chunk_size = 509;  // capacity 512: shards of 128 split parameters at any element
+  o.max_pending_reductions = 1;
+  expect_parity(model, o, 4, 1);
+}
+
+TEST(ChunkZero3, UntiedOneChunkPerBlock) {
+  TinyModel model;
+  ChunkManager::Options o;
+  o.chunk_size = 1006;
+  expect_parity(model, o, 2, 1);
+}
+
+TEST(ChunkZero3, EvaluationForwardWithoutGradReleasesEverything) {
+  TinyModel model;
+  model.tied = true;
+  const auto init = model.init();
+  auto [x, y] = model.batch(0);
+  test::run_thread_ranks(2, [&](dist::Comm& comm, int rank) {
+    ChunkManager m(model.params(), two_chunks_per_block(model), &comm);
+    for (int i = 0; i < m.num_params(); ++i) m.set_param(i, init[i]);
+    at::NoGradGuard no_grad;
+    const at::Tensor xs = x.narrow(0, rank * 4, 4), ys = y.narrow(0, rank * 4, 4);
+    const at::Tensor got = model.loss(m.params(), xs, ys, &m);
+    EXPECT_GT(m.gathered_bytes(), 0);  // the kept block 0
+    m.release_all();
+    EXPECT_EQ(m.gathered_bytes(), 0);
+    EXPECT_FALSE(got.requires_grad());
+    EXPECT_NEAR(got.item<double>(), model.loss(init, xs, ys, nullptr).item<double>(), 1e-6);
+    EXPECT_EQ(comm.ledger().calls("dp", "reduce_scatter", dist::Phase::kBackward), 0);
+  });
+}
+
+TEST(ChunkRelease, FreesStorageAndRegatherRestoresViewsAndSavedTensors) {
+  TinyModel model;
+  model.layers = 2;
+  test::run_thread_ranks(2, [&](dist::Comm& comm, int rank) {
+    ChunkManager::Options o;
+    o.chunk_size = 1006;
+    o.buffer_cache_bytes = 0;  // released memory really goes back to the allocator
+    ChunkManager m(model.params(), o, &comm);
+    const auto init = model.init();
+    for (int i = 0; i < m.num_params(); ++i) m.set_param(i, init[i]);
+    Chunk& c0 = m.chunk(0);
+    EXPECT_EQ(c0.storage().nbytes(), 0u);  // built released
+    EXPECT_EQ(m.gathered_bytes(), 0);
+
+    m.before_forward(0);
+    EXPECT_TRUE(c0.gathered());
+    EXPECT_NE(m.chunk(1).residency(), Chunk::Residency::kReleased);  // prefetched
+    EXPECT_EQ(c0.count(TensorState::kCompute), 4);
+    const at::Tensor w1 = m.param(0);
+    const at::Tensor view = w1.t().narrow(0, 3, 5);  // a strided view taken before the release
+    EXPECT_TRUE(at::equal(view, init[0].t().narrow(0, 3, 5)));
+    // A tensor autograd saves: w1 (for the gradient of x).
+    at::Tensor x = at::randn({3, model.h}).set_requires_grad(true);
+    at::Tensor out = m.pre_backward(0, x.mm(w1.t()));
+    m.after_forward(0);
+    EXPECT_EQ(c0.count(TensorState::kHold), 4);
+    EXPECT_FALSE(c0.gathered());
+    EXPECT_EQ(c0.storage().nbytes(), 0u);
+    EXPECT_EQ(c0.storage().data(), nullptr);
+    EXPECT_EQ(m.gathered_bytes(), m.chunk(1).nbytes());
+    m.release_all();
+    EXPECT_EQ(m.gathered_bytes(), 0);
+
+    // New values while released: the re-gather must bring them, seen through the old view.
+    at::Tensor w1_new = init[0] * 2 + 1;
+    m.set_param(0, w1_new);
+    c0.gather_async(dist::Phase::kOther);
+    c0.wait_gather();
+    EXPECT_EQ(c0.storage().nbytes(), static_cast<size_t>(c0.nbytes()));
+    EXPECT_TRUE(at::equal(view, w1_new.t().narrow(0, 3, 5)));
+    EXPECT_TRUE(at::equal(w1, w1_new));
+    m.release_all();
+
+    // Backward after the release: before_backward re-gathers; the saved w1 is read through the same storage
+    // (no version-counter complaint, right values: dL/dx = 1·w1 for L = Σ out).
+    out.sum().backward();
+    EXPECT_TRUE(at::allclose(x.grad(), w1_new.sum(0).expand({3, model.h})));
+    m.finish_backward();
+    EXPECT_EQ(m.gathered_bytes(), 0);
+    EXPECT_EQ(c0.storage().nbytes(), 0u);
+    // dL/dw1 = Σ_rows x (every output row sums), averaged over the 2 ranks' different x; this rank's shard holds
+    // its part. Checked through the whole gradient: all-gather the shards by hand.
+    at::Tensor whole = at::empty({c0.capacity()});
+    comm.all_gather(c0.grad_shard().contiguous(), whole);
+    at::Tensor xs = at::empty({2, 3, model.h});
+    comm.all_gather(x.detach().contiguous(), xs);
+    at::Tensor want = (xs.sum(1).mean(0)).expand({model.f, model.h});
+    EXPECT_TRUE(at::allclose(whole.narrow(0, 0, model.f * model.h).view({model.f, model.h}), want, 1e-5, 1e-6));
+    EXPECT_TRUE(at::equal(whole.narrow(0, model.f * model.h, model.f), at::zeros({model.f})));  // b1 unused
+    (void)rank;
+  });
+}
+
+// Per step: bytes of the forward and backward all-gathers and the backward reduce-scatters, against 3Ψ.
+void check_three_psi(int ranks) {
+  TinyModel model;
+  ChunkSearchOptions so;
+  so.min_size = 512;
+  so.max_size = 2048;
+  so.step = 2;
+  so.group_size = ranks;
+  std::vector<int64_t> numels;
+  std::vector<int> blocks;
+  for (const auto& p : model.params()) {
+    int64_t n = 1;
+    for (int64_t s : p.shape) n *= s;
+    numels.push_back(n);
+    blocks.push_back(p.block);
+  }
+  const ChunkSearchResult found = search_chunk_size(numels, blocks, so);
+  const int64_t psi = model.num_elements();
+  test::run_thread_ranks(ranks, [&](dist::Comm& comm, int rank) {
+    ChunkManager::Options o;
+    o.chunk_size = found.chunk_size;
+    ChunkManager m(model.params(), o, &comm);
+    const auto init = model.init();
+    for (int i = 0; i < m.num_params(); ++i) m.set_param(i, init[i]);
+    const int64_t padded = m.layout().total_capacity();
+    ASSERT_EQ(padded, psi + found.waste);
+    auto& ledger = comm.ledger();
+    for (int step = 0; step < 2; ++step) {
+      auto [x, y] = model.batch(step);
+      const int64_t rows = 8 / ranks;
+      ledger.reset();
+      m.begin_step();
+      model.loss(m.params(), x.narrow(0, rank * rows, rows), y.narrow(0, rank * rows, rows), &m).backward();
+      m.finish_backward();
+      const int64_t chunks = m.num_chunks();
+      using dist::Phase;
+      EXPECT_EQ(ledger.calls("dp", "all_gather", Phase::kForward), chunks);
+      EXPECT_EQ(ledger.calls("dp", "all_gather", Phase::kBackward), chunks);
+      EXPECT_EQ(ledger.calls("dp", "reduce_scatter", Phase::kBackward), chunks);
+      const int64_t bytes = ledger.bytes("dp", "all_gather", Phase::kForward) +
+                            ledger.bytes("dp", "all_gather", Phase::kBackward) +
+                            ledger.bytes("dp", "reduce_scatter", Phase::kBackward);
+      EXPECT_EQ(bytes, ledger.total_bytes());  // nothing else moved
+      // Each chunk of C elements moves (n−1)·4C/n bytes per collective, three times: exact with the padding.
+      EXPECT_EQ(bytes, 3 * (ranks - 1) * 4 * padded / ranks);
+      const double three_psi = 3.0 * (ranks - 1) * 4.0 * static_cast<double>(psi) / ranks;
+      EXPECT_NEAR(bytes / three_psi, 1.0, 0.02);
+      if (rank == 0 && step == 1)
+        std::printf("[3psi] dp=%d chunk_size=%lld chunks=%lld psi=%lld padded=%lld bytes=%lld 3psi=%.0f ratio=%.5f\n",
+                    ranks, static_cast<long long>(found.chunk_size), static_cast<long long>(chunks),
+                    static_cast<long long>(psi), static_cast<long long>(padded), static_cast<long long>(bytes),
+                    three_psi, bytes / three_psi);
+      at::NoGradGuard no_grad;
+      m.shard_params().sub_(m.shard_grads() * kLr);
+    }
+  });
+}
+
+TEST(ChunkZero3, LedgerShowsThreePsiPerStepTwoRanks) { check_three_psi(2); }
+TEST(ChunkZero3, LedgerShowsThreePsiPerStepFourRanks) { check_three_psi(4); }
+
+TEST(ChunkZero3, NextBlockGatherStartsBeforeTheBlockComputes) {
+  TinyModel model;
+  test::run_thread_ranks(2, [&](dist::Comm& comm, int rank) {
+    ChunkManager::Options o;
+    o.chunk_size = 1006;  // one chunk per block: forward all-gather k is block k's
+    ChunkManager m(model.params(), o, &comm);
+    ASSERT_EQ(m.num_chunks(), model.layers);
+    auto [x, y] = model.batch(0);
+    comm.ledger().reset();
+    std::vector<std::pair<Clock::time_point, Clock::time_point>> times;
+    m.begin_step();
+    at::Tensor loss = model.loss(m.params(), x.narrow(0, rank * 4, 4), y.narrow(0, rank * 4, 4), &m, &times);
+    loss.backward();
+    m.finish_backward();
+    std::vector<dist::Ledger::Event> gathers;
+    for (const auto& e : comm.ledger().events())
+      if (e.op == "all_gather" && e.phase == dist::Phase::kForward) gathers.push_back(e);
+    ASSERT_EQ(gathers.size(), static_cast<size_t>(model.layers));
+    ASSERT_EQ(times.size(), static_cast<size_t>(model.layers));
+    for (int b = 0; b + 1 < model.layers; ++b) {
+      EXPECT_LT(gathers[b + 1].start, times[b].first) << "block " << b + 1 << "'s gather was not prefetched";
+      EXPECT_LT(gathers[b + 1].start, times[b].second);
+    }
+    // In backward, each block's gather is issued before the block after it (in backward order) ... is waited on:
+    // one gather per block, the first for the last block.
+    int backward_gathers = 0;
+    for (const auto& e : comm.ledger().events())
+      backward_gathers += e.op == "all_gather" && e.phase == dist::Phase::kBackward;
+    EXPECT_EQ(backward_gathers, model.layers);
+  });
+}
+
+TEST(ChunkZero3, UnusedParameterGetsZeroGradientAndEveryChunkIsReduced) {
+  // Block 1 has a parameter the loss never uses: its chunk is reduced in finish_backward with a zero gradient.
+  std::vector<ChunkParam> params = {{"a", {4, 4}, 0}, {"b", {4, 4}, 1}, {"unused", {6}, 1}};
+  test::run_thread_ranks(2, [&](dist::Comm& comm, int rank) {
+    ChunkManager::Options o;
+    o.chunk_size = 64;
+    ChunkManager m(params, o, &comm);
+    for (int i = 0; i < 3; ++i) m.set_param(i, at::full(params[i].shape, 1.0f));
+    m.begin_step();
+    at::Tensor x = at::ones({2, 4});
+    m.before_forward(0);
+    at::Tensor a = m.pre_backward(0, x.mm(m.param(0)));
+    m.after_forward(0);
+    m.before_forward(1);
+    at::Tensor b = m.pre_backward(1, a.mm(m.param(1)));
+    m.after_forward(1);
+    b.sum().backward();
+    m.finish_backward();
+    EXPECT_EQ(comm.ledger().calls("dp", "reduce_scatter", dist::Phase::kBackward), 2);
+    const auto whole = m.whole_params();
+    EXPECT_EQ(whole.size(), 3u);
+    // 'unused' lies in chunk 1 after 'b' (16 elements): its gradient elements are zero on whichever rank owns them.
+    at::Tensor g = at::empty({m.chunk(1).capacity()});
+    comm.all_gather(m.chunk(1).grad_shard().contiguous(), g);
+    EXPECT_TRUE(at::equal(g.narrow(0, 16, 6), at::zeros({6})));
+    EXPECT_GT(g.narrow(0, 0, 16).abs().sum().item<float>(), 0.f);
+    (void)rank;
+  });
+}
+
+}  // namespace
+}  // namespace kolos::memory
