@@ -8,6 +8,8 @@
 #include "apps/kolos/commands.h"
 #include "kolos/core/error.h"
 #include "kolos/dist/bench_comm.h"
+#include "kolos/memory/bench_io.h"
+#include "kolos/optim/bench_optim.h"
 #include "kolos/train/bench_train.h"
 #include "kolos/train/gemm_bench.h"
 
@@ -24,6 +26,8 @@ const char* kBenchUsage =
     "  train   training-step throughput, MFU and peak memory of a model\n"
     "  comm    all-reduce / all-gather / reduce-scatter bandwidth over the world group\n"
     "          (under a launcher: kolos run -n 2 -- kolos bench comm)\n"
+    "  io      sequential O_DIRECT write and read bandwidth of a disk through the NVMe tier's IO layer\n"
+    "  optim   the fused AdamW step (fp32 or bf16) on 124M parameters against the memory-bandwidth floor\n"
     "\n"
     "`kolos bench BENCHMARK --help` describes each.\n";
 
@@ -94,8 +98,10 @@ int bench_main(int argc, char** argv) {
   // `kolos bench train` lives in the library (src/kolos/train/bench_train.cpp): it builds a Trainer.
   if (which == "train") return train::bench_train_main(argc - 1, argv + 1);
   if (which == "comm") return dist::bench_comm_main(argc - 1, argv + 1);
-  throw InputError(which.empty() ? "kolos bench: which benchmark? expected gemm, train or comm (see kolos bench --help)"
-                                 : fmt::format("kolos bench: unknown benchmark \"{}\" (expected gemm, train or comm; see "
+  if (which == "io") return memory::bench_io_main(argc - 1, argv + 1);
+  if (which == "optim") return optim::bench_optim_main(argc - 1, argv + 1);
+  throw InputError(which.empty() ? "kolos bench: which benchmark? expected gemm, train, comm, io or optim (see kolos bench --help)"
+                                 : fmt::format("kolos bench: unknown benchmark \"{}\" (expected gemm, train, comm, io or optim; see "
                                                "kolos bench --help)",
                                                which));
 }

@@ -22,7 +22,7 @@ const char* kUsage =
     "  prepare    tokenize text files into token files (train/validation split, baselines)\n"
     "  generate   sample text from a checkpoint\n"
     "  plot       draw loss and tokens/s of a run directory as a PNG\n"
-    "  bench      benchmarks: gemm, train, comm\n"
+    "  bench      benchmarks: gemm, train, comm, io, optim\n"
     "  run        start N processes of a distributed run: kolos run -n N -- kolos train ...\n"
     "  verify     check parallel layouts against one process (exit 4 when out of tolerance)\n"
     "\n"
