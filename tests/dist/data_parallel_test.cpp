@@ -9,6 +9,8 @@
 //            total as a reduce-scatter of the gradients plus an all-gather of the parameters. The gradient buffer is
 //            the parameters padded per bucket to a multiple of 16·n floats: the padding is stated and < 1%.
 //   Overlap  with small buckets, the first bucket's all-reduce starts before backward reaches the first block.
+//   ZeRO-3   chunked (memory::ChunkManager): parity at dp = 2 and 4 with and without accumulation, shards and op
+//            counts, and 3Ψ per step in the ledger (untied LLaMA).
 //   LARS/LAMB parity under ZeRO-1/2 (whole-tensor norms all-reduced across the shards), and a LARS checkpoint that
 //   resumes on another layout as if uninterrupted and refuses another optimizer or option (exit 2).
 #include <gtest/gtest.h>
@@ -83,7 +85,8 @@ TEST(Verify, OutOfToleranceIsExit4AndBadLayoutsExit2) {
   r = test::run_kolos({"verify", "--layouts", "dp=2,colour=blue", "--out", dir / "c"});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("colour"), std::string::npos) << r.output;
-  r = test::run_kolos({"verify", "--layouts", "pp=2", "--out", dir / "d"});
+  // Pipeline parallelism is supported now (issue 6); ZeRO-3 with it is refused.
+  r = test::run_kolos({"verify", "--layouts", "pp=2,zero=3", "--out", dir / "d"});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("parallel.pp"), std::string::npos) << r.output;
 }
@@ -156,6 +159,60 @@ TEST(DataParallelLedger, BytesPerStepAreTheAnalyticalVolumes) {
         }
         EXPECT_EQ(rep["held"]["grad_numel"].get<int64_t>(), zero == 2 ? flat / n : flat) << "rank " << r;
       }
+    }
+  }
+}
+
+// ZeRO-3 (chunks): parity of dp = 2 and 4, with and without accumulation (GPT-2: the tied embedding's chunk kept
+// gathered); each rank holding 1/n of the chunks' parameters, gradients and moments; per micro-step an all-gather
+// of each chunk in forward and (but the kept ones) in backward and a reduce-scatter of each. Then the ledger of an
+// untied LLaMA at dp = 2: per step 3Ψ — (n−1)/n × the parameter bytes, three times — within 2%; and its trace shows
+// every block's gather for the next block starting before that block computes (prefetch).
+TEST(DataParallelParity, ZeroThreeChunksAndTheirThreePsiLedger) {
+  test::TempDir dir("parity_zero3");
+  auto j = verify("dp=2,zero=3;dp=2,zero=3,grad_accum=2;dp=4,zero=3", dir.path());
+  expect_all_ok(j, 3);
+
+  const int n = 2;
+  auto records = train_records(dir, n, {"parallel.zero=3", "model.arch=llama", "model.kv_heads=4",
+                                         "model.tie_embeddings=false", "train.trace_comm=true"});
+  ASSERT_FALSE(records.empty());
+  const auto report = rank_report(dir, 0);
+  const double psi_bytes = 4.0 * report["params"].get<double>();
+  EXPECT_EQ(report["held"]["kept_chunks"].get<int64_t>(), 0);
+  for (const auto& rec : records) {
+    const auto& comm = rec["comm"];
+    const double gather_fwd = bytes_of(comm, "all_gather", "forward");
+    const double gather_bwd = bytes_of(comm, "all_gather", "backward");
+    const double reduce = bytes_of(comm, "reduce_scatter", "backward");
+    const double want = (n - 1.0) / n * psi_bytes;
+    EXPECT_NEAR(gather_fwd, want, 0.02 * want) << comm.dump();
+    EXPECT_NEAR(gather_bwd, want, 0.02 * want) << comm.dump();
+    EXPECT_NEAR(reduce, want, 0.02 * want) << comm.dump();
+    EXPECT_NEAR(gather_fwd + gather_bwd + reduce, 3 * want, 0.02 * 3 * want) << comm.dump();
+    EXPECT_EQ(bytes_of(comm, "all_gather", "optimizer") + bytes_of(comm, "all_reduce", "backward"), 0);
+
+    // Prefetch: the forward all-gathers are issued in chunk order, so the k-th is chunk k's. The first chunk of
+    // block b + 1 starts gathering before block b begins computing.
+    const auto& trace = rec["comm_trace"];
+    const auto blocks = trace["chunk_blocks"].get<std::vector<int>>();
+    const auto& starts = trace["block_forward_us"];
+    std::vector<int64_t> gather_start(starts.size(), -1);  // per block: its first chunk's gather
+    size_t k = 0;
+    for (const auto& e : trace["events"])
+      if (e["axis"] == "dp" && e["op"] == "all_gather" && e["phase"] == "forward") {
+        ASSERT_LT(k, blocks.size()) << trace.dump();
+        if (gather_start[blocks[k]] < 0) gather_start[blocks[k]] = e["start_us"];
+        ++k;
+      }
+    ASSERT_EQ(k, blocks.size()) << "one forward gather per chunk";
+    ASSERT_GE(starts.size(), 3u);
+    for (size_t b = 0; b + 1 < starts.size(); ++b) {
+      ASSERT_GE(gather_start[b + 1], 0) << "block " << b + 1 << " was not gathered";
+      // Microsecond timestamps: the gather is issued before block b's own wait returns, so at worst the same µs.
+      EXPECT_LE(gather_start[b + 1], starts[b].get<int64_t>())
+          << "block " << b + 1 << "'s gather did not start before block " << b << " computed: " << trace.dump();
+      if (b > 0) EXPECT_GT(gather_start[b + 1], starts[b - 1].get<int64_t>()) << "prefetched one block ahead only";
     }
   }
 }

@@ -41,12 +41,19 @@ TEST(Plan, DegreesMustMultiplyToTheWorldSize) {
   EXPECT_NE(e.find("pp × dp × sp × tp"), std::string::npos) << e;
 }
 
-TEST(Plan, ModesOfLaterIssuesAreNotYetSupported) {
-  for (const auto& [set, key] : std::vector<std::pair<std::string, std::string>>{
-           {"parallel.zero=3", "parallel.zero"}}) {
-    const std::string e = plan_error({set}, 2);
-    EXPECT_NE(e.find(key), std::string::npos) << set << ": " << e;
-    EXPECT_NE(e.find("not yet supported"), std::string::npos) << set << ": " << e;
+// ZeRO-3: plain dp (and dp with grad accumulation); refused with pp, tp, sp and fp16, naming the keys.
+TEST(Plan, ZeroThreeRules) {
+  auto z = parallel::make_plan(parity({"parallel.dp=2", "parallel.zero=3"}, 2), 2);
+  EXPECT_EQ(z.zero, 3);
+  EXPECT_EQ(z.describe(), "dp=2, zero=3");
+  for (const auto& [sets, key] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"parallel.pp=2", "parallel.zero=3"}, "parallel.pp"},
+           {{"parallel.tp=2", "parallel.zero=3"}, "parallel.tp"},
+           {{"parallel.sp=2", "parallel.zero=3"}, "parallel.sp"},
+           {{"parallel.dp=2", "parallel.zero=3", "train.dtype=fp16"}, "train.dtype"}}) {
+    const std::string e = plan_error(sets, 2);
+    EXPECT_NE(e.find("parallel.zero = 3"), std::string::npos) << key << ": " << e;
+    EXPECT_NE(e.find(key), std::string::npos) << key << ": " << e;
   }
 }
 

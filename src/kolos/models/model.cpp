@@ -39,6 +39,12 @@ bool Model::in_segment(const std::string& name, const Segment& segment) const {
   return segment.head;
 }
 
+int Model::param_block(const std::string& name) const {
+  for (int64_t i = 0; i < config_.layers; ++i)
+    if (name.rfind(block_prefix(i), 0) == 0) return static_cast<int>(i) + 1;
+  return is_stem_param(name) ? 0 : static_cast<int>(config_.layers) + 1;
+}
+
 bool Model::has_param(const std::string& name) const {
   for (const auto& [n, t] : params_)
     if (n == name) return true;
@@ -47,9 +53,17 @@ bool Model::has_param(const std::string& name) const {
 
 at::Tensor Model::forward(const at::Tensor& ids) {
   KOLOS_ASSERT(segments_.empty(), "Model::forward on a pipeline stage (use forward_segment)");
-  at::Tensor x = stem(ids);
-  for (int64_t i = 0; i < config_.layers; ++i) x = block(static_cast<size_t>(i), x);
-  return final_logits(x);
+  // Piece b under the block hooks (set_block_hooks).
+  auto hooked = [this](int b, auto&& piece) {
+    if (hooks_.before) hooks_.before(b);
+    at::Tensor y = piece();
+    if (hooks_.after) hooks_.after(b);
+    return hooks_.pre_backward ? hooks_.pre_backward(b, y) : y;
+  };
+  at::Tensor x = hooked(0, [&] { return stem(ids); });
+  for (int64_t i = 0; i < config_.layers; ++i)
+    x = hooked(static_cast<int>(i) + 1, [&] { return block(static_cast<size_t>(i), x); });
+  return hooked(static_cast<int>(config_.layers) + 1, [&] { return final_logits(x); });
 }
 
 at::Tensor Model::forward_segment(size_t chunk, const at::Tensor& input) {

@@ -61,6 +61,19 @@ class Model {
   void set_checkpointing(std::vector<bool> checkpointed) { checkpointed_ = std::move(checkpointed); }
   const std::vector<bool>& checkpointing() const { return checkpointed_; }
 
+  // Block hooks from outside (parallel::apply, ZeRO-3 chunks): Model::forward calls them around its pieces, indexed
+  // in forward order — 0 the stem, 1 + i transformer block i, layers + 1 the head (final norm and output head):
+  //   before(b); y = piece(x); after(b); y = pre_backward(b, y)
+  // outside nn::recompute, so a recomputed block's pre-backward node (which gathers it) runs before it reruns.
+  // Unset callables are skipped; not applied by forward_segment (pipeline stages).
+  struct BlockHooks {
+    std::function<void(int)> before, after;
+    std::function<at::Tensor(int, const at::Tensor&)> pre_backward;
+  };
+  void set_block_hooks(BlockHooks hooks) { hooks_ = std::move(hooks); }
+  // The hook block (as above) whose piece first uses parameter `name` (a tied embedding: the stem, 0).
+  int param_block(const std::string& name) const;
+
   // Pipeline parallelism from outside (parallel::apply): the virtual stages this rank runs, in chunk order, each
   // a segment of the forward — the stem (token embedding; its input is the token ids), blocks [first, end), the
   // head (final norm and output head; its output is the logits). Set before the parameters are bound; this rank
@@ -124,6 +137,7 @@ class Model {
   nn::Sharding sharding_;
   std::vector<NamedTensor> params_;
   std::vector<bool> checkpointed_;
+  BlockHooks hooks_;
   std::vector<Segment> segments_;
   bool training_ = true;
 };

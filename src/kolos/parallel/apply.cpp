@@ -38,10 +38,12 @@ void apply_pipeline(models::Model& model, const Config& config, const Plan& plan
                                               mesh->coord("pp")));
 }
 
-// Slot 4: data parallel and ZeRO (stage 3 chunks: issue 4).
+// Slot 4: data parallel and ZeRO. Stages 1-2 shard flat buffers; stage 3 (with dp × sp > 1) packs the parameters
+// into chunks (memory::ChunkManager, inside DataParallel) and sets the model's block hooks: the stem, each block and
+// the head are gathered before they compute and released after, the tied embedding kept gathered.
 std::unique_ptr<DataParallel> apply_data_parallel(models::Model& model, const Config& config, const Plan& plan,
                                                   const dist::Mesh* mesh) {
-  KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported", plan.zero);
+  KOLOS_CHECK(plan.zero <= 3, "parallel.zero = {}: expected 0, 1, 2 or 3", plan.zero);
   // Gradients are averaged (and ZeRO shards) over every rank that trains on other tokens: dp × sp.
   dist::Comm* dp = mesh ? &mesh->data() : nullptr;
   dist::Comm* tp = mesh ? &mesh->comm("tp") : nullptr;

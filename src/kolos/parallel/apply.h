@@ -6,7 +6,8 @@
 //      recomputed in backward (Model::set_checkpointing; "full", or "every:K": blocks 0, K, 2K, ...)
 //   3. pipeline split: this rank's stage holds and runs only its segments of the model (Model::set_segments,
 //      parallel/pipeline/stages.h); the trainer runs them with the executor (parallel/pipeline/executor.h)
-//   4. data parallel, ZeRO-1/2 (parallel/data/data_parallel.h); ZeRO-3 chunks             (issue 4; refused now)
+//   4. data parallel, ZeRO-1/2 (parallel/data/data_parallel.h); ZeRO-3 chunks (memory/chunk_manager.h, driven by
+//      DataParallel through the model's block hooks, Model::set_block_hooks)
 // Later issues fill their slot and lift their rule in make_plan(); nothing else changes. A layer's forward never
 // mentions ranks: every slot works from outside the model.
 #pragma once

@@ -115,8 +115,17 @@ Plan make_plan(const Config& config, int world_size) {
                 "the pipeline's interleaved forwards and backwards defeat; use zero = 0 or 1 with pipeline parallelism",
                 plan.zero, plan.pp);
   }
-  KOLOS_CHECK(plan.zero <= 2, "parallel.zero = {}: ZeRO stage 3 is not yet supported (issue 4); use 0, 1 or 2",
-              plan.zero);
+  if (plan.zero == 3) {
+    // Chunked ZeRO-3 (memory::ChunkManager) gathers whole (unsplit) parameters over the dp group around the whole
+    // model's forward; the chunk layout does not yet know tensor pieces or sequence slices.
+    KOLOS_CHECK(plan.tp == 1 && plan.sp == 1,
+                "parallel.zero = 3 with parallel.tp = {} and parallel.sp = {}: ZeRO-3 is not yet supported with tensor "
+                "or sequence parallelism; use parallel.tp = 1 and parallel.sp = 1, or zero <= 2",
+                plan.tp, plan.sp);
+    KOLOS_CHECK(config.train.dtype != "fp16",
+                "parallel.zero = 3 with train.dtype = \"fp16\": the chunks reduce gradients in fp32 only; use "
+                "train.dtype = \"fp32\" or \"bf16\", or zero <= 2");
+  }
   return plan;
 }
 

@@ -243,16 +243,17 @@ void check_ranks(const Layout& layout, const Plan& plan, const std::vector<Stage
     const std::string axis = j.value("data_axis", std::string("dp"));
     const int zero = dp > 1 ? layout.zero : 0;
     const int64_t want_optim = zero >= 1 ? states * flat / dp : states * flat;
-    const int64_t want_grad = zero == 2 ? flat / dp : flat;
+    const int64_t want_grad = zero >= 2 ? flat / dp : flat;
+    const int64_t want_param = zero == 3 ? flat / dp : flat;  // zero 3: flat_numel is the chunks' total capacity
     if (held.value("param_elements", int64_t{-1}) != elements) {
       out.shards = fmt::format("rank {} holds {} parameter elements, its tp piece of its stage has {}", r,
                                held.value("param_elements", int64_t{-1}), elements);
       out.ok = false;
     }
-    if (held["optim_numel"] != want_optim || held["grad_numel"] != want_grad || held["param_numel"] != flat) {
+    if (held["optim_numel"] != want_optim || held["grad_numel"] != want_grad || held["param_numel"] != want_param) {
       out.shards = fmt::format("rank {} holds params/grads/moments {}/{}/{}, the plan {}/{}/{}", r,
                                held["param_numel"].get<int64_t>(), held["grad_numel"].get<int64_t>(),
-                               held["optim_numel"].get<int64_t>(), flat, want_grad, want_optim);
+                               held["optim_numel"].get<int64_t>(), want_param, want_grad, want_optim);
       out.ok = false;
     }
     auto calls_on = [&](const std::string& on, const std::string& op, const std::string& phase) -> int64_t {
@@ -270,12 +271,16 @@ void check_ranks(const Layout& layout, const Plan& plan, const std::vector<Stage
     }
     if (dp == 1) continue;
     auto calls = [&](const char* op, const char* phase) { return calls_on(axis, op, phase); };
-    const int64_t micro = zero == 2 ? layout.grad_accum : 1;
+    const int64_t micro = zero >= 2 ? layout.grad_accum : 1;
+    // zero 3 ("buckets" are the chunks): per micro-step an all-gather of every chunk in forward and, except the
+    // chunks kept gathered (a tied embedding's), again in backward; a reduce-scatter of every chunk in backward.
+    const int64_t kept = held.value("kept_chunks", int64_t{0});
     const std::map<std::pair<std::string, std::string>, int64_t> want = {
         {{"all_reduce", "backward"}, zero == 0 ? buckets * steps : 0},
         {{"reduce_scatter", "backward"}, zero >= 1 ? buckets * steps * micro : 0},
-        {{"all_gather", "optimizer"}, zero >= 1 ? buckets * steps : 0},
-        {{"all_gather", "backward"}, 0}};
+        {{"all_gather", "optimizer"}, zero == 1 || zero == 2 ? buckets * steps : 0},
+        {{"all_gather", "forward"}, zero == 3 ? buckets * steps * micro : 0},
+        {{"all_gather", "backward"}, zero == 3 ? (buckets - kept) * steps * micro : 0}};
     for (const auto& [key, n] : want) {
       const int64_t got = calls(key.first.c_str(), key.second.c_str());
       if (got != n) {

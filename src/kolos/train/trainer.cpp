@@ -300,8 +300,12 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
   };
   // Pipeline: the loss is on the last stage, which alone counts the batch.
   const bool counts = !pipe_ || stage() == plan_.pp - 1;
-  for (int64_t i = rank; i < n; i += plan_.dp) {
-    data::Batch b = sequence_slice(loader_->val_batch(i));
+  // ZeRO-3 gathers the parameters collectively in every forward: each dp rank runs as many forwards (the last round
+  // padded with batch 0, not counted).
+  const bool collective_forward = par_.data->zero() == 3;
+  const int64_t end = collective_forward ? (n + plan_.dp - 1) / plan_.dp * plan_.dp : n;
+  for (int64_t i = rank; i < end; i += plan_.dp) {
+    data::Batch b = sequence_slice(loader_->val_batch(i < n ? i : 0));
     double loss = 0;
     if (pipe_) {
       loss = pipe_->forward_only({b.input, b.target}, cb);
@@ -309,7 +313,7 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
       AutocastScope autocast(autocast_);
       loss = model_->loss(b.input, b.target).item<double>();
     }
-    if (!counts) continue;
+    if (!counts || i >= n) continue;
     nll += loss * static_cast<double>(b.target.numel());
     tokens += static_cast<double>(b.target.numel());
   }
@@ -528,10 +532,17 @@ nlohmann::json Trainer::comm_trace(const StepResult& r) const {
   for (const auto& e : ledger_->events())
     events.push_back({{"axis", e.axis}, {"op", e.op}, {"phase", dist::phase_name(e.phase)}, {"bytes", e.bytes},
                       {"start_us", rel(e.start)}, {"end_us", rel(e.end)}});
-  return {{"backward_start_us", rel(r.backward_start)},
-          {"first_block_grad_us", rel(par_.data->first_block_ready())},
-          {"backward_end_us", rel(r.backward_end)},
-          {"events", events}};
+  nlohmann::json out = {{"backward_start_us", rel(r.backward_start)},
+                        {"first_block_grad_us", rel(par_.data->first_block_ready())},
+                        {"backward_end_us", rel(r.backward_end)},
+                        {"events", events}};
+  if (par_.data->zero() == 3) {  // the prefetch check: which chunk is whose, when each block began computing
+    out["chunk_blocks"] = par_.data->chunk_blocks();
+    nlohmann::json starts = nlohmann::json::array();
+    for (const auto& t : par_.data->block_forward_start()) starts.push_back(rel(t));
+    out["block_forward_us"] = starts;
+  }
+  return out;
 }
 
 void Trainer::write_rank_report() {
@@ -724,9 +735,9 @@ nlohmann::json Trainer::train() {
   }
   // Sampling runs the model on rank 0 alone: not with tensor, sequence or pipeline parallelism, whose forward needs
   // every rank of the group.
-  const bool split_model = plan_.tp > 1 || plan_.sp > 1 || plan_.pp > 1;
+  const bool split_model = plan_.tp > 1 || plan_.sp > 1 || plan_.pp > 1 || par_.data->zero() == 3;
   if (finished && t.sample_tokens > 0 && !config_.data.synthetic && split_model && rank0)
-    progress.message("sample: skipped (not yet supported with tensor, sequence or pipeline parallelism)");
+    progress.message("sample: skipped (not yet supported with tensor, sequence or pipeline parallelism or ZeRO-3)");
   if (finished && t.sample_tokens > 0 && !config_.data.synthetic && !split_model && rank0) {
     auto tokenizer = data::load_tokenizer(config_.data.path);
     SampleOptions so;

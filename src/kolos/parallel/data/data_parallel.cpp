@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <numeric>
+#include <tuple>
 
 #include <fmt/ranges.h>
 #include <torch/csrc/autograd/function.h>
@@ -12,6 +14,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include "kolos/core/error.h"
+#include "kolos/memory/chunk_search.h"
 #include "kolos/optim/norm.h"
 
 namespace kolos::parallel {
@@ -35,7 +38,7 @@ bool in_first_block(const std::string& name) { return name.rfind("h.0.", 0) == 0
 
 nlohmann::json ShardReport::to_json() const {
   return {{"flat_numel", flat_numel}, {"param_numel", param_numel}, {"param_elements", param_elements}, {"grad_numel", grad_numel},
-          {"optim_numel", optim_numel}, {"optim_states", optim_states}, {"buckets", buckets}};
+          {"optim_numel", optim_numel}, {"optim_states", optim_states}, {"buckets", buckets}, {"kept_chunks", kept_chunks}};
 }
 
 // Runs after the parameter's AccumulateGrad node: the parameter's gradient for this backward is complete.
@@ -72,6 +75,11 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
   specs_ = model_.param_specs();
   const auto& specs = specs_;
   build_layout(specs);
+  if (zero_ == 3) {
+    KOLOS_ASSERT(tp_ == 1 && model_.segments().empty(), "ZeRO-3 with tensor or pipeline parallelism");
+    build_chunked();
+    return;
+  }
 
   const int64_t total = buckets_.empty() ? 0 : buckets_.back().offset + buckets_.back().numel;
   // At zero >= 1 the parameters are all-gathered after each step: in place when the peers share this machine.
@@ -152,6 +160,7 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
 }
 
 DataParallel::~DataParallel() {
+  if (chunks_) model_.set_block_hooks({});
   try {
     for (auto& p : in_flight_) p.handle.wait();
   } catch (...) {
@@ -209,6 +218,125 @@ void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
   norm_excluded_.assign(n, false);
 }
 
+void DataParallel::build_chunked() {
+  // Blocks in forward order (Model::set_block_hooks); the manager takes the parameters block by block, in spec
+  // order within a block.
+  const int n = static_cast<int>(specs_.size());
+  const int num_blocks = static_cast<int>(model_.config().layers) + 2;
+  std::vector<int> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  std::vector<int> block_of(n);
+  for (int i = 0; i < n; ++i) block_of[i] = model_.param_block(specs_[i].name);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return block_of[a] < block_of[b]; });
+  std::vector<memory::ChunkParam> cps;
+  std::vector<int64_t> numels;
+  std::vector<int> blocks;
+  chunk_param_.assign(n, -1);
+  std::vector<int64_t> block_numel(num_blocks, 0);
+  for (int k = 0; k < n; ++k) {
+    const auto& spec = specs_[order[k]];
+    chunk_param_[order[k]] = k;
+    cps.push_back({spec.name, spec.shape, block_of[order[k]]});
+    numels.push_back(local_numel(spec, 1));
+    blocks.push_back(block_of[order[k]]);
+    block_numel[block_of[order[k]]] += numels.back();
+  }
+  // Chunk size (memory/chunk_search.h): candidates from the largest block / 256 (at least 256, at most 1 Mi
+  // elements) to the largest block (chunks never span blocks, so a larger chunk only pads more; capped at 32 Mi
+  // elements, 128 MiB fp32), at most ~2048 of them. Small candidates pad least (the large tensors get dedicated
+  // chunks of their exact size) but cost more, smaller collectives; of the candidates whose padding is within 1% of
+  // the parameters (or the least padding when none is), the one with the fewest chunks, then the least padding,
+  // then the smallest.
+  const int64_t total_numel = std::accumulate(numels.begin(), numels.end(), int64_t{0});
+  const int64_t largest_block = *std::max_element(block_numel.begin(), block_numel.end());
+  memory::ChunkSearchOptions so;
+  so.group_size = dp_;
+  so.max_size = std::max<int64_t>(1, std::min<int64_t>(largest_block, int64_t{32} << 20));
+  so.min_size = std::min(so.max_size, std::clamp<int64_t>(largest_block / 256, 256, int64_t{1} << 20));
+  so.step = std::max<int64_t>(1, (so.max_size - so.min_size) / 2048);
+  const memory::ChunkSearchResult found = memory::search_chunk_size(numels, blocks, so);
+  const int64_t allowed = std::max(found.waste, total_numel / 100);
+  memory::ChunkSearchResult::Candidate pick{found.chunk_size, found.waste, found.chunks};
+  for (const auto& c : found.candidates)
+    if (c.waste <= allowed && std::tie(c.chunks, c.waste, c.chunk_size) < std::tie(pick.chunks, pick.waste, pick.chunk_size))
+      pick = c;
+  memory::ChunkManager::Options mo;
+  mo.chunk_size = pick.chunk_size;
+  const std::string tied = model_.tied_embedding();
+  if (!tied.empty()) mo.keep_gathered.push_back(model_.param_block(tied));
+  chunks_ = std::make_unique<memory::ChunkManager>(std::move(cps), mo, comm_);
+  buckets_.clear();  // the flat layout's buckets do not exist here: the chunks take their place (report())
+  int64_t shard = 0;
+  for (int c = 0; c < chunks_->num_chunks(); ++c) {
+    chunk_shard_offset_.push_back(shard);
+    shard += chunks_->chunk(c).shard_numel();
+    for (int b : mo.keep_gathered)
+      if (chunks_->chunk(c).block() == b) ++kept_chunks_;
+  }
+  shard_numel_ = shard;
+
+  // Every parameter from (seed, name) on its global shape; this rank keeps its shard.
+  for (int i = 0; i < n; ++i) chunks_->set_param(chunk_param_[i], nn::init_param(specs_[i], config_.train.seed));
+  for (int i = 0; i < n; ++i) params_.push_back(chunks_->param(chunk_param_[i]));
+  model_.bind_params(params_);
+
+  memory::ChunkManager* m = chunks_.get();
+  const int head = num_blocks - 1;
+  models::Model::BlockHooks hooks;
+  hooks.before = [this, m](int b) {
+    m->before_forward(b);
+    if (record_blocks_ && at::GradMode::is_enabled()) block_forward_start_.at(b) = Clock::now();
+  };
+  hooks.after = [m, head](int b) {
+    m->after_forward(b);
+    // A forward without backward (evaluation, sampling): nothing stays gathered after the head.
+    if (b == head && !at::GradMode::is_enabled()) m->release_all();
+  };
+  hooks.pre_backward = [m](int b, const at::Tensor& y) { return m->pre_backward(b, y); };
+  model_.set_block_hooks(std::move(hooks));
+
+  const double wd = config_.optim.weight_decay;
+  std::vector<double> decay(n);
+  std::vector<bool> adapt(n);
+  for (int i = 0; i < n; ++i) {
+    decay[chunk_param_[i]] = slots_[i].decay ? wd : 0.0;
+    adapt[chunk_param_[i]] = slots_[i].adapt;
+  }
+  optim::OptimizerBuffers ob;
+  ob.params = chunks_->shard_params();
+  ob.grads = chunks_->shard_grads();
+  ob.state_numel = shard_numel_;
+  ob.num_tensors = n;
+  ob.pieces = chunks_->optimizer_pieces(decay, adapt);
+  ob.norm_reducers.push_back([this](at::Tensor& sums) {
+    dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
+    comm_->all_reduce(sums);
+  });
+  pieces_ = ob.pieces;
+  grad_buffer_ = ob.grads;
+  optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
+}
+
+std::vector<at::Tensor> DataParallel::gather_chunks(const at::Tensor& shard) {
+  std::vector<at::Tensor> out;
+  std::vector<dist::Handle> handles;
+  dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOther);
+  for (int c = 0; c < chunks_->num_chunks(); ++c) {
+    const auto& ch = chunks_->chunk(c);
+    out.push_back(at::empty({ch.capacity()}, at::kFloat));
+    handles.push_back(comm_->all_gather_async(shard.narrow(0, chunk_shard_offset_[c], ch.shard_numel()), out.back()));
+  }
+  for (auto& h : handles) h.wait();
+  return out;
+}
+
+std::vector<int> DataParallel::chunk_blocks() const {
+  std::vector<int> out;
+  if (chunks_)
+    for (int c = 0; c < chunks_->num_chunks(); ++c) out.push_back(chunks_->chunk(c).block());
+  return out;
+}
+
 int DataParallel::param_index(const std::string& name) const {
   for (size_t i = 0; i < specs_.size(); ++i)
     if (specs_[i].name == name) return static_cast<int>(i);
@@ -216,6 +344,10 @@ int DataParallel::param_index(const std::string& name) const {
 }
 
 void DataParallel::begin_step() {
+  if (chunks_) {
+    chunks_->begin_step();
+    return;
+  }
   if (flat_grads_.defined()) flat_grads_.zero_();
   if (grad_shard_.defined()) grad_shard_.zero_();
   for (auto& p : params_)
@@ -223,6 +355,11 @@ void DataParallel::begin_step() {
 }
 
 void DataParallel::begin_micro(int64_t micro, int64_t num_micro) {
+  if (chunks_) {  // every micro-step reduces (the manager's hooks)
+    record_blocks_ = micro == num_micro - 1;
+    if (record_blocks_) block_forward_start_.assign(model_.config().layers + 2, Clock::time_point{});
+    return;
+  }
   // Reduce on the last micro-step only, except at zero 2 (every micro-step: gradients stay sharded). One rank:
   // never (nothing to reduce) — but the hooks still run so the readiness trace works the same.
   armed_ = zero_ == 2 || micro == num_micro - 1;
@@ -323,6 +460,10 @@ void DataParallel::launch(int index) {
 }
 
 void DataParallel::end_micro() {
+  if (chunks_) {
+    chunks_->finish_backward();
+    return;
+  }
   if (armed_) {
     // Parameters that got no gradient in this backward: their (zero or accumulated) gradient is final as it is.
     for (size_t i = 0; i < params_.size(); ++i)
@@ -394,7 +535,9 @@ double DataParallel::grad_norm() {
   }
   if (zero_ == 0) return std::sqrt(optim::sum_of_squares(flat_grads_));
   double sq = 0;
-  if (zero_ == 1) {
+  if (zero_ == 3) {
+    sq = optim::sum_of_squares(chunks_->shard_grads());  // the padding's gradient is zero
+  } else if (zero_ == 1) {
     for (const auto& b : buckets_) sq += optim::sum_of_squares(flat_grads_.narrow(0, chunk_offset(b), b.numel / dp_));
   } else {
     sq = optim::sum_of_squares(grad_shard_);
@@ -407,7 +550,7 @@ double DataParallel::grad_norm() {
 
 void DataParallel::optimizer_step(double lr, double grad_scale) {
   optimizer_->step(lr, grad_scale);
-  if (zero_ == 0) return;
+  if (zero_ == 0 || zero_ == 3) return;  // zero 3: the next forward gathers the updated shards
   dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
   std::vector<dist::Handle> handles;
   for (const auto& b : buckets_)
@@ -428,6 +571,18 @@ at::Tensor DataParallel::gather_flat(const at::Tensor& shard) {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> DataParallel::optimizer_state() {
+  if (chunks_) {
+    std::vector<std::vector<at::Tensor>> whole;  // per state buffer: the whole chunks
+    for (const auto& [kind, buffer] : optimizer_->state()) whole.push_back(gather_chunks(buffer));
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      const auto& slot = chunks_->layout().slots[chunk_param_[i]];
+      for (size_t k = 0; k < whole.size(); ++k)
+        out.emplace_back(optimizer_->state()[k].first + "." + specs_[i].name,
+                         whole[k][slot.chunk].narrow(0, slot.offset, slots_[i].numel).view(specs_[i].shape).clone());
+    }
+    return out;
+  }
   std::vector<at::Tensor> flat;
   for (const auto& [kind, buffer] : optimizer_->state()) flat.push_back(zero_ > 0 ? gather_flat(buffer) : buffer);
   // Parameter by parameter, its state buffers in the optimizer's order.
@@ -442,8 +597,31 @@ std::vector<std::pair<std::string, at::Tensor>> DataParallel::optimizer_state() 
 void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                         int64_t step_count) {
   std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
-  const int64_t total = buckets_.back().offset + buckets_.back().numel;
+  const int64_t total = buckets_.empty() ? 0 : buckets_.back().offset + buckets_.back().numel;
   for (const auto& [kind, dst] : optimizer_->state()) {
+    if (chunks_) {
+      // Whole chunks from the whole tensors; this rank keeps its shard of each.
+      std::vector<at::Tensor> whole;
+      for (int c = 0; c < chunks_->num_chunks(); ++c) whole.push_back(at::zeros({chunks_->chunk(c).capacity()}, at::kFloat));
+      for (size_t i = 0; i < specs_.size(); ++i) {
+        const std::string name = fmt::format("{}.{}", kind, specs_[i].name);
+        auto it = by_name.find(name);
+        KOLOS_CHECK(it != by_name.end(), "optimizer state: tensor {} is missing (optim.name = \"{}\")", name,
+                    optimizer_->name());
+        KOLOS_CHECK(it->second.sizes() == at::IntArrayRef(specs_[i].shape) && it->second.scalar_type() == at::kFloat,
+                    "optimizer state: tensor {} has shape {} ({}), expected {} (float32)", name,
+                    fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()),
+                    fmt::join(specs_[i].shape, "x"));
+        const auto& slot = chunks_->layout().slots[chunk_param_[i]];
+        whole[slot.chunk].narrow(0, slot.offset, slots_[i].numel).copy_(it->second.reshape({-1}));
+      }
+      at::Tensor target = dst;  // shares the optimizer's buffer
+      for (int c = 0; c < chunks_->num_chunks(); ++c) {
+        const auto& ch = chunks_->chunk(c);
+        target.narrow(0, chunk_shard_offset_[c], ch.shard_numel()).copy_(whole[c].narrow(0, ch.shard_begin(), ch.shard_numel()));
+      }
+      continue;
+    }
     at::Tensor full = at::zeros({total}, at::kFloat);
     for (const auto& s : slots_) {
       const std::string name = fmt::format("{}.{}", kind, s.name);
@@ -484,6 +662,11 @@ at::Tensor DataParallel::whole_across_tp(const at::Tensor& piece, size_t param) 
 std::vector<std::pair<std::string, at::Tensor>> DataParallel::whole_params() {
   at::NoGradGuard no_grad;
   std::vector<std::pair<std::string, at::Tensor>> out;
+  if (chunks_) {
+    std::vector<at::Tensor> whole = chunks_->whole_params();
+    for (size_t i = 0; i < specs_.size(); ++i) out.emplace_back(specs_[i].name, whole[chunk_param_[i]]);
+    return out;
+  }
   for (size_t i = 0; i < params_.size(); ++i) out.emplace_back(specs_[i].name, whole_across_tp(params_[i].detach(), i));
   return out;
 }
@@ -497,12 +680,27 @@ void DataParallel::load_whole_params(const std::map<std::string, at::Tensor>& te
     KOLOS_CHECK(it->second.sizes() == at::IntArrayRef(spec.shape) && it->second.scalar_type() == at::kFloat,
                 "{}: parameter {} has shape {} ({}), expected {} (float32)", source, spec.name,
                 fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()), fmt::join(spec.shape, "x"));
-    params_[i].copy_(nn::shard_param(it->second, spec, tp_, tp_rank_));
+    if (chunks_) {
+      chunks_->set_param(chunk_param_[i], it->second);
+    } else {
+      params_[i].copy_(nn::shard_param(it->second, spec, tp_, tp_rank_));
+    }
   }
 }
 
 ShardReport DataParallel::report() const {
   ShardReport r;
+  if (chunks_) {
+    r.flat_numel = chunks_->layout().total_capacity();
+    r.param_numel = chunks_->shard_params().numel();
+    for (const auto& slot : slots_) r.param_elements += slot.numel;
+    r.grad_numel = chunks_->shard_grads().numel();
+    r.optim_numel = optimizer_->state_numel();
+    r.optim_states = static_cast<int64_t>(optimizer_->state().size());
+    r.buckets = chunks_->num_chunks();
+    r.kept_chunks = kept_chunks_;
+    return r;
+  }
   r.flat_numel = flat_params_.numel();
   r.param_numel = flat_params_.numel();
   for (const auto& slot : slots_) r.param_elements += slot.numel;

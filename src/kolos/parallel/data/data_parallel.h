@@ -32,6 +32,15 @@
 // its gradient through fp16 the same way, so a value out of fp16's range is inf at every dp degree. The trainer
 // checks the result for inf/NaN (its loss scaler, optim/loss_scaler.h).
 //
+// ZeRO-3 (zero = 3, dp > 1): the parameters live in chunks of a memory::ChunkManager (DESIGN "Chunks") instead of
+// the flat buffers: blocks in Model::set_block_hooks order (0 the stem, 1 + i transformer block i, layers + 1 the
+// head), a tied embedding in the stem kept gathered from its forward until its gradient is reduced. The model calls
+// the manager around each block through its block hooks (gather before forward and before backward, prefetching the
+// next block, release after; reduce-scatter of each chunk's gradient as soon as it is complete, every micro-step).
+// The optimizer runs on this rank's flat shards (shard_params/shard_grads); "buckets" in report() are the chunks.
+// A no-grad forward (evaluation, sampling) releases every chunk after the head. Every dp rank must run the same
+// forwards: the gathers are collective.
+//
 // Every collective goes through the dp Comm (so the ledger counts it): phase "backward" for the gradient
 // reductions, "optimizer" for the norms and the parameter all-gather, "other" for checkpoint gathers.
 //
@@ -50,6 +59,7 @@
 
 #include "kolos/config/config.h"
 #include "kolos/dist/comm.h"
+#include "kolos/memory/chunk_manager.h"
 #include "kolos/models/model.h"
 #include "kolos/optim/optimizer.h"
 #include "kolos/parallel/plan.h"
@@ -70,7 +80,8 @@ struct ShardReport {
   int64_t grad_numel = 0;   // persistent gradient storage
   int64_t optim_numel = 0;  // optimizer state (all its buffers)
   int64_t optim_states = 0; // optimizer state buffers (adamw, lamb: 2; sgd, lars: 1, 0 without momentum; lion: 1)
-  int64_t buckets = 0;
+  int64_t buckets = 0;      // zero 3: the chunks
+  int64_t kept_chunks = 0;  // zero 3: chunks kept gathered from forward to their reduction (a tied embedding's)
   nlohmann::json to_json() const;
 };
 
@@ -143,6 +154,10 @@ class DataParallel {
   // When backward first reached the first transformer block of the last armed micro-step (the earliest gradient
   // of a parameter named h.0.* or layers.0.*): for the overlap check. Clock::time_point{} if never.
   Clock::time_point first_block_ready() const { return first_block_ready_; }
+  // zero = 3, for the prefetch check: the block of each chunk, and when each block (hook order: stem, blocks, head)
+  // began computing in the forward of the last micro-step of the step (its before_forward returned). Empty otherwise.
+  std::vector<int> chunk_blocks() const;
+  const std::vector<Clock::time_point>& block_forward_start() const { return block_forward_start_; }
 
  private:
   struct Pending {
@@ -155,6 +170,10 @@ class DataParallel {
   class ReadyHook;
 
   void build_layout(const std::vector<nn::ParamSpec>& specs);
+  // zero = 3: the chunk manager, the model's block hooks and the optimizer on the shards (the constructor's rest).
+  void build_chunked();
+  // zero = 3: whole chunks (capacity elements each) <-> this rank's shards of them in a shard-sized buffer.
+  std::vector<at::Tensor> gather_chunks(const at::Tensor& shard);
   void on_grad_ready(int param);
   void launch_ready_buckets();
   void launch(int bucket);
@@ -187,6 +206,13 @@ class DataParallel {
   bool inject_inf_ = false; // test hook
   int64_t shard_numel_ = 0;
   std::unique_ptr<optim::Optimizer> optimizer_;
+  // zero = 3.
+  std::unique_ptr<memory::ChunkManager> chunks_;
+  std::vector<int> chunk_param_;  // per parameter (spec order): its index in the manager
+  std::vector<int64_t> chunk_shard_offset_;  // per chunk: where its shard lies in the shard buffers
+  int kept_chunks_ = 0;
+  bool record_blocks_ = false;
+  std::vector<Clock::time_point> block_forward_start_;
 
   // Per micro-step state of the hooks.
   bool armed_ = false;
