@@ -192,10 +192,8 @@ StepResult Trainer::train_step(int64_t step) {
     std::vector<parallel::pipeline::MicroBatch> batches;
     for (const auto& b : micro) batches.push_back({b.input, b.target});
     parallel::pipeline::Callbacks cb;
-    cb.forward = [&](int, int chunk, const at::Tensor& x, const at::Tensor& target) {
-      AutocastScope autocast(autocast_);
-      at::Tensor y = model_->forward_segment(static_cast<size_t>(chunk), x);
-      return target.defined() ? model_->loss_from_logits(y, target) : y;
+    cb.forward = [this](int, int chunk, const at::Tensor& x, const at::Tensor& target) {
+      return forward_chunk(chunk, x, target);
     };
     cb.objective = objective;
     cb.before_backward = [&](int k, int K) {
@@ -293,10 +291,8 @@ std::pair<double, double> Trainer::evaluate(int64_t batches) {
   const int64_t rank = dp_rank();
   double nll = 0, tokens = 0;
   parallel::pipeline::Callbacks cb;
-  cb.forward = [&](int, int chunk, const at::Tensor& x, const at::Tensor& target) {
-    AutocastScope autocast(autocast_);
-    at::Tensor y = model_->forward_segment(static_cast<size_t>(chunk), x);
-    return target.defined() ? model_->loss_from_logits(y, target) : y;
+  cb.forward = [this](int, int chunk, const at::Tensor& x, const at::Tensor& target) {
+    return forward_chunk(chunk, x, target);
   };
   // Pipeline: the loss is on the last stage, which alone counts the batch.
   const bool counts = !pipe_ || stage() == plan_.pp - 1;
@@ -401,6 +397,12 @@ void Trainer::restore(const std::string& dir) {
   } else {
     seed_rng(start_step_);
   }
+}
+
+at::Tensor Trainer::forward_chunk(int chunk, const at::Tensor& x, const at::Tensor& target) {
+  AutocastScope autocast(autocast_);
+  at::Tensor y = model_->forward_segment(static_cast<size_t>(chunk), x);
+  return target.defined() ? model_->loss_from_logits(y, target) : y;
 }
 
 void Trainer::sync_tied_gradient() {

@@ -122,6 +122,9 @@ class Trainer {
   // the last backward, before the data-parallel reduction); the checkpoint's tensors of every stage collected on
   // rank 0 (the ranks of dp, sp and tp coordinate 0 send theirs over the pp axis).
   void sync_tied_gradient();
+  // The pipeline executor's forward of this stage's chunk (training and evaluation): its segment under the bf16
+  // autocast of train.dtype; on the last virtual stage (`target` defined) the loss.
+  at::Tensor forward_chunk(int chunk, const at::Tensor& x, const at::Tensor& target);
   void gather_stages(checkpoint::CheckpointData& d);
   // The pipeline's timing over the run's steps, from every stage (collective over pp): per stage the measured idle
   // fraction (1 − compute ÷ the step's span over all stages) and the simulator's for the same schedule fed with
