@@ -6,9 +6,11 @@
 #   bench/pipeline.sh             (build/kolos must exist; a few minutes on 2 cores; STEPS from the environment)
 #
 # Each run writes ranks/rank_0.json with a "pipeline" object (kolos/train/trainer.h, pipeline_report): per stage the
-# measured idle fraction of each step (1 − the stage's compute time ÷ the step's span from the first stage's start to
-# the last stage's end, steady clock) and the simulator's idle fraction for the same schedule fed with that step's
-# measured per-stage forward and backward costs — medians over the steps after the first — and the activation bytes
+# measured idle fraction of each step (1 − the stage's compute time ÷ the step's span from the first computation's
+# start on any stage to the last one's end, steady clock) and the simulator's idle fraction for the same schedule fed
+# with that step's measured costs — each stage's and chunk's mean forward and backward time, and the messages' mean
+# latency, send and receive time (kolos/parallel/pipeline/simulator.h, measured_costs) — medians over the steps
+# after the first, and the activation bytes
 # each stage held at most: the CPU allocator's live bytes after a forward less those at the step's start (saved
 # tensors and stashed inputs/outputs; kolos/core/alloc_counter.h), not RSS.
 #
@@ -54,6 +56,10 @@ for name, r in runs.items():
         out[f"{name}_stage{s}_measured_idle"] = round(meas, 4)
         out[f"{name}_stage{s}_simulated_idle"] = round(sim, 4)
         out[f"{name}_stage{s}_activation_bytes"] = r["activation_bytes"][s]
+    print(f"{name:12} messages: latency {1e3 * r['p2p_latency_s']:.2f} ms, send {1e3 * r['send_s']:.2f} ms, "
+          f"receive {1e3 * r['receive_s']:.2f} ms (medians over the steps of the per-step means)")
+    for key in ("p2p_latency_s", "send_s", "receive_s"):
+        out[f"{name}_{key}"] = round(r[key], 6)
 ratio = runs["1f1b"]["activation_bytes"][0] / runs["gpipe"]["activation_bytes"][0]
 print(f"stage 0 activation bytes, 1F1B / GPipe: {ratio:.3f} (goal <= p/m + 0.1 = {p / m + 0.1:.2f})")
 out["activation_ratio_1f1b_gpipe_stage0"] = round(ratio, 4)

@@ -268,6 +268,67 @@ TEST(PipelineSimulator, UnequalStagesMakeTheSlowOneTheBottleneck) {
   EXPECT_NEAR(t.bubble(), (15.0 + 3.0) / (2 * 27.0), 1e-12);
 }
 
+// The benchmark's measured side: a run's per-instruction times give back the costs and the latency that produced
+// them. A simulated timeline stands in for the measurement (its spans are what the executor records: computations
+// their compute, sends their issuing, receives their wait and intake), so the answers are known exactly.
+TEST(PipelineSimulator, MeasuredCostsAndIdleOfATimelineAreItsOwn) {
+  for (const Schedule& schedule : {gpipe(2, 8), one_f_one_b(4, 8), interleaved(2, 8, 2)}) {
+    SCOPED_TRACE(schedule.name);
+    const int p = schedule.stages, v = schedule.chunks;
+    Costs costs = Costs::equal(p, v, 0, 0, 0.25);
+    costs.send = 0.0625;
+    costs.receive = 0.125;
+    for (int s = 0; s < p; ++s) {
+      for (int c = 0; c < v; ++c) {
+        costs.forward[s][c] = 1 + s + 0.5 * c;  // every stage and chunk its own cost
+        costs.backward[s][c] = 2 * costs.forward[s][c] + 0.125;
+      }
+    }
+    const Timeline t = simulate(schedule, costs);
+    Measured m;
+    for (int s = 0; s < p; ++s) {
+      m.begin_at.emplace_back();
+      m.end_at.emplace_back();
+      for (const Span& span : t.spans[s]) {
+        m.begin_at[s].push_back(100 + span.start);  // any clock origin
+        m.end_at[s].push_back(100 + span.end);
+      }
+    }
+    const Costs got = measured_costs(schedule, m);
+    EXPECT_DOUBLE_EQ(got.p2p_latency, 0.25);
+    EXPECT_DOUBLE_EQ(got.send, 0.0625);
+    EXPECT_DOUBLE_EQ(got.receive, 0.125);
+    for (int s = 0; s < p; ++s) {
+      for (int c = 0; c < v; ++c) {
+        EXPECT_DOUBLE_EQ(got.forward[s][c], costs.forward[s][c]) << "stage " << s << " chunk " << c;
+        EXPECT_DOUBLE_EQ(got.backward[s][c], costs.backward[s][c]) << "stage " << s << " chunk " << c;
+      }
+    }
+    const std::vector<double> idle = measured_idle(schedule, m);
+    for (int s = 0; s < p; ++s) EXPECT_NEAR(idle[s], t.bubble(s), 1e-12) << "stage " << s;
+  }
+}
+
+// A receiver that reached its receive after the message was sent says nothing about the latency: with no waiting
+// receiver, the measured latency is 0, not the time the message lay there.
+TEST(PipelineSimulator, MeasuredLatencyComesOnlyFromWaitingReceivers) {
+  const Schedule schedule = gpipe(2, 1);  // stage 0: F0 send B... ; stage 1: recv F0 B0 send
+  Measured m;
+  m.begin_at.resize(2);
+  m.end_at.resize(2);
+  for (int s = 0; s < 2; ++s) {
+    m.begin_at[s].assign(schedule.instructions[s].size(), 0);
+    m.end_at[s].assign(schedule.instructions[s].size(), 0);
+  }
+  // Every receive begins 1 after its message was sent (sends at 0) and ends at once.
+  for (int s = 0; s < 2; ++s) {
+    for (size_t i = 0; i < schedule.instructions[s].size(); ++i) {
+      if (is_recv(schedule.instructions[s][i].op)) m.begin_at[s][i] = m.end_at[s][i] = 1;
+    }
+  }
+  EXPECT_EQ(measured_costs(schedule, m).p2p_latency, 0);
+}
+
 TEST(PipelineSimulator, DrawsOneRowPerStage) {
   const Schedule schedule = gpipe(2, 2);
   const std::string text = draw(schedule, simulate(schedule, Costs::equal(2, 1, 1, 1)));

@@ -213,7 +213,7 @@ StepResult Trainer::train_step(int64_t step) {
       dp.end_micro();
     };
     loss_sum = pipe_->run(batches, cb);
-    pipe_stats_.push_back(pipe_->stats());
+    if (pipe_stats_.size() < kPipelineStatsSteps) pipe_stats_.push_back(pipe_->stats());
     // The losses are on the last stage: every stage gets them (rank 0 logs).
     at::Tensor l = at::full({1}, loss_sum, at::kDouble);
     dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
@@ -474,48 +474,63 @@ nlohmann::json Trainer::pipeline_report() {
   const auto& schedule = pipe_->schedule();
   const int p = schedule.stages;
   const int64_t steps = static_cast<int64_t>(pipe_stats_.size());
-  constexpr int64_t kFields = 5;  // start, end, forward, backward, activation bytes
-  at::Tensor mine = at::zeros({steps, kFields}, at::kDouble);
+  // Per step: activation bytes, then (begin, end) of every instruction of the longest list (shorter lists padded).
+  size_t longest = 0;
+  for (const auto& list : schedule.instructions) longest = std::max(longest, list.size());
+  const int64_t fields = 1 + 2 * static_cast<int64_t>(longest);
+  at::Tensor mine = at::zeros({steps, fields}, at::kDouble);
   for (int64_t i = 0; i < steps; ++i) {
     const auto& st = pipe_stats_[i];
-    const double v[kFields] = {st.start, st.end, st.forward, st.backward, static_cast<double>(st.activation_bytes)};
-    for (int64_t f = 0; f < kFields; ++f) mine[i][f] = v[f];
+    at::Tensor step_row = mine[i];
+    auto row = step_row.accessor<double, 1>();
+    row[0] = static_cast<double>(st.activation_bytes);
+    for (size_t k = 0; k < st.begin_at.size(); ++k) {
+      row[1 + 2 * k] = st.begin_at[k];
+      row[2 + 2 * k] = st.end_at[k];
+    }
   }
-  at::Tensor all = at::empty({p, steps, kFields}, at::kDouble);
+  at::Tensor all = at::empty({p, steps, fields}, at::kDouble);
   {
     dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
     mesh_->comm("pp").all_gather(mine, all);
   }
+  auto a = all.accessor<double, 3>();
   auto median = [](std::vector<double> v) {
     if (v.empty()) return 0.0;
     std::sort(v.begin(), v.end());
     return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
   };
   std::vector<std::vector<double>> measured(p), simulated(p);
+  std::vector<double> latency, send, receive;
   std::vector<double> activation(p, 0.0);
-  const double per_stage_computes = schedule.micro_batches;  // per chunk
   for (int64_t i = 0; i < steps; ++i) {
-    double start = INFINITY, end = -INFINITY;
-    std::vector<double> fwd(p), bwd(p);
+    parallel::pipeline::Measured m;
     for (int s = 0; s < p; ++s) {
-      start = std::min(start, all[s][i][0].item<double>());
-      end = std::max(end, all[s][i][1].item<double>());
-      fwd[s] = all[s][i][2].item<double>() / per_stage_computes;  // per micro-batch, the stage's chunks together
-      bwd[s] = all[s][i][3].item<double>() / per_stage_computes;
-      activation[s] = std::max(activation[s], all[s][i][4].item<double>());
+      activation[s] = std::max(activation[s], a[s][i][0]);
+      const size_t n = schedule.instructions[s].size();
+      m.begin_at.emplace_back(n);
+      m.end_at.emplace_back(n);
+      for (size_t k = 0; k < n; ++k) {
+        m.begin_at[s][k] = a[s][i][1 + 2 * k];
+        m.end_at[s][k] = a[s][i][2 + 2 * k];
+      }
     }
     if (i == 0) continue;  // warm-up
-    const auto timeline = parallel::pipeline::simulate(
-        schedule, parallel::pipeline::Costs::per_stage(fwd, bwd, schedule.chunks));
+    const auto costs = parallel::pipeline::measured_costs(schedule, m);
+    const auto timeline = parallel::pipeline::simulate(schedule, costs);
+    const auto idle = parallel::pipeline::measured_idle(schedule, m);
+    latency.push_back(costs.p2p_latency);
+    send.push_back(costs.send);
+    receive.push_back(costs.receive);
     for (int s = 0; s < p; ++s) {
-      const double busy = all[s][i][2].item<double>() + all[s][i][3].item<double>();
-      measured[s].push_back(1.0 - busy / (end - start));
+      measured[s].push_back(idle[s]);
       simulated[s].push_back(timeline.bubble(s));
     }
   }
   nlohmann::json out = {{"schedule", schedule.name}, {"stages", p}, {"micro_batches", schedule.micro_batches},
                         {"chunks", schedule.chunks}, {"steps_measured", std::max<int64_t>(steps - 1, 0)},
-                        {"max_held", pipe_->max_held()}};
+                        {"max_held", pipe_->max_held()}, {"p2p_latency_s", median(latency)},
+                        {"send_s", median(send)}, {"receive_s", median(receive)}};
   for (int s = 0; s < p; ++s) {
     out["measured_idle"].push_back(median(measured[s]));
     out["simulated_idle"].push_back(median(simulated[s]));

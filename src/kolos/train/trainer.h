@@ -126,10 +126,11 @@ class Trainer {
   // autocast of train.dtype; on the last virtual stage (`target` defined) the loss.
   at::Tensor forward_chunk(int chunk, const at::Tensor& x, const at::Tensor& target);
   void gather_stages(checkpoint::CheckpointData& d);
-  // The pipeline's timing over the run's steps, from every stage (collective over pp): per stage the measured idle
-  // fraction (1 − compute ÷ the step's span over all stages) and the simulator's for the same schedule fed with
-  // that step's measured per-stage costs, medians over the steps after the first; the activation bytes each stage
-  // held at most. For the rank report.
+  // The pipeline's timing over the run's first kPipelineStatsSteps steps, from every stage (collective over pp): per
+  // stage the measured idle fraction (pipeline::measured_idle) and the simulator's for the same schedule fed with
+  // that step's measured costs (pipeline::measured_costs: each stage's and chunk's mean forward and backward, and
+  // the mean message latency, send and receive time), medians over the steps after the first; the medians of those
+  // message costs; the activation bytes each stage held at most. For the rank report.
   nlohmann::json pipeline_report();
   int stage() const { return mesh_ ? mesh_->coord("pp") : 0; }
 
@@ -146,7 +147,8 @@ class Trainer {
   parallel::Parallelized par_;
   std::unique_ptr<parallel::pipeline::Executor> pipe_;  // pp > 1
   int tied_param_ = -1;  // pp > 1: this stage's index of the tied embedding it shares with another stage
-  std::vector<parallel::pipeline::Executor::Stats> pipe_stats_;  // pp > 1: per step of this run
+  static constexpr size_t kPipelineStatsSteps = 256;
+  std::vector<parallel::pipeline::Executor::Stats> pipe_stats_;  // pp > 1: per step of this run (the first 256)
   bool autocast_ = false;                   // train.dtype = "bf16"
   std::optional<optim::LossScaler> scaler_;  // train.dtype = "fp16"
   int64_t start_step_ = 0;

@@ -91,14 +91,22 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
   stash_.clear();
   stats_ = Stats{};
   stats_.start = now_s();
+  const auto& list = schedule_.instructions[stage_];
+  stats_.begin_at.assign(list.size(), 0.0);
+  stats_.end_at.assign(list.size(), 0.0);
   const int64_t live_at_start = cpu_live_bytes();
-  for (const Instruction& ins : schedule_.instructions[stage_]) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Instruction& ins = list[i];
+    double& begin_at = stats_.begin_at[i];
+    double& end_at = stats_.end_at[i];
     const std::pair<int, int> key{ins.micro, ins.chunk};
     const int u = schedule_.virtual_stage(stage_, ins.chunk < 0 ? 0 : ins.chunk);
     switch (ins.op) {
       case Op::kRecvActivation: {
         MaybePhase scope(comm_, dist::Phase::kForward);
+        begin_at = now_s();
         at::Tensor x = receive_activation(ins.peer, kActivationTag, kShapeTag, received_[ins.peer]);
+        end_at = now_s();
         x.set_requires_grad(true);
         stash_[key].input = x;
         break;
@@ -108,34 +116,38 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
         Stash& s = stash_[key];
         if (u == 0) s.input = micro[ins.micro].input;
         KOLOS_ASSERT(s.input.defined(), "stage {}: forward {} without its input", stage_, to_string(ins));
-        const double t0 = now_s();
+        begin_at = now_s();
         s.output = cb.forward(ins.micro, ins.chunk, s.input, u == last ? micro[ins.micro].target : at::Tensor());
         if (u == last) loss_sum += s.output.detach().item<double>();
-        stats_.end = now_s();
-        stats_.forward += stats_.end - t0;
+        stats_.end = end_at = now_s();
+        stats_.forward += end_at - begin_at;
         max_held_ = std::max(max_held_, static_cast<int>(stash_.size()));
         stats_.activation_bytes = std::max(stats_.activation_bytes, cpu_live_bytes() - live_at_start);
         break;
       }
       case Op::kSendActivation: {
         MaybePhase scope(comm_, dist::Phase::kForward);
+        begin_at = now_s();
         send_activation(stash_.at(key).output, ins.peer, kActivationTag, kShapeTag, sent_[ins.peer]);
         reap_sends(false);
+        end_at = now_s();
         break;
       }
       case Op::kRecvGrad: {
         MaybePhase scope(comm_, dist::Phase::kBackward);
         Stash& s = stash_.at(key);
         const Channel& c = sent_.at(ins.peer);  // the shape of the activation this stage sent there
+        begin_at = now_s();
         s.grad_out = at::empty(c.shape, at::TensorOptions().dtype(c.dtype));
         comm_->recv(s.grad_out, ins.peer, kGradTag);
+        end_at = now_s();
         break;
       }
       case Op::kBackward: {
         MaybePhase scope(comm_, dist::Phase::kBackward);
         Stash& s = stash_.at(key);
         if (cb.before_backward) cb.before_backward(backwards, K);
-        const double t0 = now_s();
+        begin_at = now_s();
         if (u == last) {
           (cb.objective ? cb.objective(s.output) : s.output).backward();
         } else {
@@ -143,8 +155,8 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
                        to_string(ins));
           torch::autograd::backward({s.output}, {s.grad_out.to(s.output.scalar_type())});
         }
-        stats_.end = now_s();
-        stats_.backward += stats_.end - t0;
+        stats_.end = end_at = now_s();
+        stats_.backward += end_at - begin_at;
         if (cb.after_backward) cb.after_backward(backwards, K);
         ++backwards;
         s.output = at::Tensor();
@@ -157,14 +169,18 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
         Stash& s = stash_.at(key);
         at::Tensor g = s.input.grad();
         if (!g.defined()) g = at::zeros_like(s.input);  // the chunk did not use its input
+        begin_at = now_s();
         sends_.emplace_back(comm_->send_async(g.contiguous(), ins.peer, kGradTag), g.contiguous());
         stash_.erase(key);
         reap_sends(false);
+        end_at = now_s();
         break;
       }
       case Op::kReduce: {
         reap_sends(true);
+        begin_at = now_s();
         if (cb.reduce) cb.reduce();
+        end_at = now_s();
         break;
       }
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -56,7 +57,9 @@ Timeline simulate(const Schedule& schedule, const Costs& costs) {
                    c);
     }
   }
-  KOLOS_ASSERT(costs.p2p_latency >= 0, "negative p2p latency {}", costs.p2p_latency);
+  KOLOS_ASSERT(costs.p2p_latency >= 0 && costs.send >= 0 && costs.receive >= 0,
+               "negative message costs: latency {}, send {}, receive {}", costs.p2p_latency, costs.send,
+               costs.receive);
 
   Timeline timeline;
   timeline.spans.resize(p);
@@ -85,10 +88,11 @@ Timeline simulate(const Schedule& schedule, const Costs& costs) {
         } else if (is_send(in.op)) {
           arrivals.insert({{in.op == Op::kSendGrad, in.micro, boundary(schedule, s, in), s, in.peer},
                            clock[s] + costs.p2p_latency});
+          clock[s] += costs.send;
         } else if (is_recv(in.op)) {
           auto it = arrivals.find({in.op == Op::kRecvGrad, in.micro, boundary(schedule, s, in), in.peer, s});
           if (it == arrivals.end()) break;
-          clock[s] = std::max(clock[s], it->second);
+          clock[s] = std::max(clock[s] + costs.receive, it->second);
           arrivals.erase(it);
         }
         span.end = clock[s];
@@ -102,6 +106,105 @@ Timeline simulate(const Schedule& schedule, const Costs& costs) {
   }
   for (int s = 0; s < p; ++s) timeline.idle[s] = timeline.makespan - timeline.busy[s];
   return timeline;
+}
+
+namespace {
+
+void check_measured(const Schedule& schedule, const Measured& measured) {
+  const int p = schedule.stages;
+  KOLOS_ASSERT(static_cast<int>(measured.begin_at.size()) == p && static_cast<int>(measured.end_at.size()) == p,
+               "measurements of {} stages for a schedule of {}", measured.begin_at.size(), p);
+  for (int s = 0; s < p; ++s) {
+    KOLOS_ASSERT(measured.begin_at[s].size() == schedule.instructions[s].size() &&
+                     measured.end_at[s].size() == schedule.instructions[s].size(),
+                 "stage {}: {} measured instructions, the schedule has {}", s, measured.begin_at[s].size(),
+                 schedule.instructions[s].size());
+  }
+}
+
+}  // namespace
+
+Costs measured_costs(const Schedule& schedule, const Measured& measured) {
+  check_measured(schedule, measured);
+  const int p = schedule.stages, v = schedule.chunks;
+  Costs costs = Costs::equal(p, v, 0, 0);
+  std::vector<std::vector<int>> forwards(p, std::vector<int>(v, 0)), backwards = forwards;
+  int sends = 0;
+  // Sends by (gradient?, micro, boundary, from, to): the moment each was issued.
+  std::map<std::tuple<bool, int, int, int, int>, double> sent;
+  for (int s = 0; s < p; ++s) {
+    for (size_t i = 0; i < schedule.instructions[s].size(); ++i) {
+      const Instruction& in = schedule.instructions[s][i];
+      const double length = measured.end_at[s][i] - measured.begin_at[s][i];
+      if (in.op == Op::kForward) {
+        costs.forward[s][in.chunk] += length;
+        ++forwards[s][in.chunk];
+      } else if (in.op == Op::kBackward) {
+        costs.backward[s][in.chunk] += length;
+        ++backwards[s][in.chunk];
+      } else if (is_send(in.op)) {
+        sent[{in.op == Op::kSendGrad, in.micro, boundary(schedule, s, in), s, in.peer}] = measured.begin_at[s][i];
+        costs.send += length;
+        ++sends;
+      }
+    }
+  }
+  for (int s = 0; s < p; ++s) {
+    for (int c = 0; c < v; ++c) {
+      if (forwards[s][c] > 0) costs.forward[s][c] /= forwards[s][c];
+      if (backwards[s][c] > 0) costs.backward[s][c] /= backwards[s][c];
+    }
+  }
+  if (sends > 0) costs.send /= sends;
+  // Each receive with the start of its message's send.
+  std::vector<std::tuple<double, double, double>> receives;  // (send start, receive begin, receive end)
+  for (int s = 0; s < p; ++s) {
+    for (size_t i = 0; i < schedule.instructions[s].size(); ++i) {
+      const Instruction& in = schedule.instructions[s][i];
+      if (!is_recv(in.op)) continue;
+      const auto it = sent.find({in.op == Op::kRecvGrad, in.micro, boundary(schedule, s, in), in.peer, s});
+      if (it != sent.end()) receives.emplace_back(it->second, measured.begin_at[s][i], measured.end_at[s][i]);
+    }
+  }
+  auto mean_of = [&](auto&& sample) {
+    double sum = 0;
+    int n = 0;
+    for (const auto& [send, begin, end] : receives) {
+      if (const auto x = sample(send, begin, end)) {
+        sum += *x;
+        ++n;
+      }
+    }
+    return n > 0 ? sum / n : 0.0;
+  };
+  costs.p2p_latency = mean_of([](double send, double begin, double end) -> std::optional<double> {
+    if (begin > send) return std::nullopt;
+    return std::max(0.0, end - send);
+  });
+  costs.receive = mean_of([&](double send, double begin, double end) -> std::optional<double> {
+    if (begin < send + costs.p2p_latency) return std::nullopt;
+    return std::max(0.0, end - begin);
+  });
+  return costs;
+}
+
+std::vector<double> measured_idle(const Schedule& schedule, const Measured& measured) {
+  check_measured(schedule, measured);
+  const int p = schedule.stages;
+  double first = INFINITY, last = -INFINITY;
+  std::vector<double> busy(p, 0);
+  for (int s = 0; s < p; ++s) {
+    for (size_t i = 0; i < schedule.instructions[s].size(); ++i) {
+      if (!is_compute(schedule.instructions[s][i].op)) continue;
+      first = std::min(first, measured.begin_at[s][i]);
+      last = std::max(last, measured.end_at[s][i]);
+      busy[s] += measured.end_at[s][i] - measured.begin_at[s][i];
+    }
+  }
+  std::vector<double> idle(p, 0);
+  if (!(last > first)) return idle;
+  for (int s = 0; s < p; ++s) idle[s] = 1 - busy[s] / (last - first);
+  return idle;
 }
 
 std::string draw(const Schedule& schedule, const Timeline& timeline) {
