@@ -62,6 +62,11 @@ TEST(Config, UnknownKeysAndBadValuesNameTheCulprit) {
   EXPECT_NE(error_of([] { load_config("tiny", {"optim.schedule=poly", "optim.decay_power=0"}); }).find("optim.decay_power"),
             std::string::npos);
   EXPECT_NE(error_of([] { load_config("tiny", {"memory.budget=lots"}); }).find("memory.budget"), std::string::npos);
+  EXPECT_NE(error_of([] { load_config("tiny", {"train.early_stop=-1"}); }).find("train.early_stop"), std::string::npos);
+  EXPECT_NE(error_of([] { load_config("tiny", {"train.early_stop=3", "train.eval_every=0"}); }).find("train.eval_every"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { load_config("tiny", {"train.target_val_loss=-1"}); }).find("train.target_val_loss"),
+            std::string::npos);
   EXPECT_NE(error_of([] { load_config("tiny", {"stepsonly"}); }).find("stepsonly"), std::string::npos);
   EXPECT_NE(error_of([] { load_config("no/such/file.toml", {}); }).find("no/such/file.toml"), std::string::npos);
   // dp = 0 derives world / (pp sp tp): impossible when that is not whole.

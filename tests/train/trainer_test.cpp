@@ -3,10 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <limits>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "kolos/config/config.h"
 #include "kolos/optim/schedule.h"
 #include "kolos/train/trainer.h"
+#include "tests/support.h"
 
 namespace kolos {
 namespace {
@@ -105,6 +111,59 @@ TEST(Trainer, OverfitsOneFixedBatchThroughTheFusedOptimizer) {
   double loss = 0;
   for (int s = 0; s < 300; ++s) loss = t.train_step(0).loss;
   EXPECT_LT(loss, 0.1);
+}
+
+// train.early_stop and train.target_val_loss stop at the step that the same run's validation losses, taken without
+// them, say: the first evaluation with `patience` evaluations in a row without a new best, and the first whose loss
+// is at most the target. A large learning rate on random tokens makes the validation loss wander.
+TEST(Trainer, EarlyStopAndTargetStopWhereTheValidationLossesSay) {
+  train::configure_threads(1);
+  const std::vector<std::string> common = {"train.steps=30", "train.eval_every=2", "train.eval_batches=2",
+                                           "train.log_every=2", "train.save_every=0", "train.sample_tokens=0",
+                                           "train.mfu=false", "optim.lr=3e-2", "optim.min_lr=3e-2"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), common.begin(), common.end());
+    return small_config(extra);
+  };
+  test::TempDir dir("early_stop");
+  train::RunOptions files;
+  files.out_dir = dir / "reference";
+  train::Trainer(with({}), files).train();
+  std::vector<std::pair<int64_t, double>> evals;  // (step, val_loss) during training
+  std::ifstream metrics(dir / "reference/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("val_loss") && j.contains("loss")) evals.emplace_back(j["step"], j["val_loss"]);
+  }
+  ASSERT_EQ(evals.size(), 14u);  // steps 2, 4, ..., 28; step 30's is the final evaluation
+
+  constexpr int64_t kPatience = 2;
+  int64_t want_early = 30, since = 0;
+  double best = std::numeric_limits<double>::infinity();
+  for (const auto& [step, val] : evals) {
+    since = val < best ? 0 : since + 1;
+    best = std::min(best, val);
+    if (since >= kPatience) {
+      want_early = step;
+      break;
+    }
+  }
+  ASSERT_LT(want_early, 30) << "the reference run never went " << kPatience << " evaluations without a new best";
+  const auto early = train::Trainer(with({"train.early_stop=2"}), no_files()).train();
+  EXPECT_EQ(early["steps"], want_early);
+  EXPECT_TRUE(early.contains("stopped_early"));
+
+  // The target: the best of all the evaluations, reached first where that best was taken.
+  int64_t want_target = 0;
+  double target = std::numeric_limits<double>::infinity();
+  for (const auto& [step, val] : evals) {
+    if (val < target) {
+      target = val;
+      want_target = step;
+    }
+  }
+  const auto reached = train::Trainer(with({fmt::format("train.target_val_loss={:.17g}", target)}), no_files()).train();
+  EXPECT_EQ(reached["steps"], want_target);
 }
 
 }  // namespace

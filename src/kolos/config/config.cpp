@@ -48,6 +48,8 @@ void for_each_key(Config& c, F&& f) {
   f("train", "log_every", t.log_every);
   f("train", "eval_every", t.eval_every);
   f("train", "eval_batches", t.eval_batches);
+  f("train", "early_stop", t.early_stop);
+  f("train", "target_val_loss", t.target_val_loss);
   f("train", "save_every", t.save_every);
   f("train", "keep_checkpoints", t.keep_checkpoints);
   f("train", "activation_checkpointing", t.activation_checkpointing);
@@ -257,6 +259,12 @@ void validate(Config& cfg, int64_t world_size) {
   KOLOS_CHECK(t.log_every >= 1, "config key train.log_every: expected >= 1, got {}", t.log_every);
   KOLOS_CHECK(t.eval_every >= 0, "config key train.eval_every: expected >= 0, got {}", t.eval_every);
   KOLOS_CHECK(t.eval_batches >= 0, "config key train.eval_batches: expected >= 0, got {}", t.eval_batches);
+  KOLOS_CHECK(t.early_stop >= 0, "config key train.early_stop: expected >= 0, got {}", t.early_stop);
+  KOLOS_CHECK(std::isfinite(t.target_val_loss) && t.target_val_loss >= 0,
+              "config key train.target_val_loss: expected a number >= 0, got {}", t.target_val_loss);
+  KOLOS_CHECK((t.early_stop == 0 && t.target_val_loss == 0) || t.eval_every > 0,
+              "config key train.{}: needs train.eval_every > 0 (it acts on the evaluations during training)",
+              t.early_stop > 0 ? "early_stop" : "target_val_loss");
   KOLOS_CHECK(t.save_every >= 0, "config key train.save_every: expected >= 0, got {}", t.save_every);
   KOLOS_CHECK(t.keep_checkpoints >= 0, "config key train.keep_checkpoints: expected >= 0, got {}", t.keep_checkpoints);
   KOLOS_CHECK(t.threads >= 0, "config key train.threads: expected >= 0, got {}", t.threads);

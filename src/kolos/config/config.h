@@ -49,6 +49,8 @@ struct TrainConfig {
   int64_t log_every = 10;
   int64_t eval_every = 200;    // 0 = only at the end
   int64_t eval_batches = 16;   // validation batches per evaluation (0 = the whole validation split)
+  int64_t early_stop = 0;      // stop after this many evaluations in a row without a new best val_loss (0 = never)
+  double target_val_loss = 0;  // stop at the first evaluation whose val_loss is at most this (0 = never)
   int64_t save_every = 500;    // 0 = only at the end
   int64_t keep_checkpoints = 2;  // newest complete checkpoints kept (0 = all)
   std::string activation_checkpointing = "none";

@@ -641,6 +641,10 @@ nlohmann::json Trainer::train() {
   const int64_t end_step = options_.stop_after > 0 ? std::min(t.steps, options_.stop_after) : t.steps;
   double last_loss = 0, window_tokens = 0, window_s = 0;
   std::optional<std::pair<double, double>> last_eval;
+  // train.early_stop and train.target_val_loss: every rank evaluates the same val_loss, so all stop together.
+  double best_val = INFINITY;
+  int64_t evals_since_best = 0;
+  std::string stopped_early;
   int64_t step = start_step_;
   int stop_signal = 0;
   ledger_->reset();
@@ -680,6 +684,15 @@ nlohmann::json Trainer::train() {
         rec["val_bpb"] = last_eval->second;
         progress.message(fmt::format("step {}: val_loss {:.4f}, val_bpb {:.4f}", done, last_eval->first,
                                      last_eval->second));
+        const double val = last_eval->first;
+        evals_since_best = val < best_val ? 0 : evals_since_best + 1;
+        best_val = std::min(best_val, val);
+        if (t.target_val_loss > 0 && val <= t.target_val_loss) {
+          stopped_early = fmt::format("val_loss {:.4f} reached train.target_val_loss {}", val, t.target_val_loss);
+        } else if (t.early_stop > 0 && evals_since_best >= t.early_stop) {
+          stopped_early = fmt::format("{} evaluations without a new best val_loss (best {:.4f}; train.early_stop)",
+                                      evals_since_best, best_val);
+        }
       }
       ledger_->reset();
       if (metrics) metrics->write(rec);
@@ -687,6 +700,10 @@ nlohmann::json Trainer::train() {
       progress.update(done, r.loss, r.lr, tps, (end_step - done) * window_s / steps_in_window);
       window_tokens = 0;
       window_s = 0;
+    }
+    if (!stopped_early.empty()) {
+      ++step;
+      break;
     }
     if (options_.write_run_dir && t.save_every > 0 && done % t.save_every == 0 && done != end_step) {
       elapsed_s_ += run_timer.seconds();
@@ -711,7 +728,8 @@ nlohmann::json Trainer::train() {
   add_comm(comm_total_, ledger_->to_json());
   ledger_->reset();
 
-  const bool finished = step >= t.steps;
+  const bool finished = step >= t.steps || !stopped_early.empty();
+  if (!stopped_early.empty()) progress.message(fmt::format("stopped early at step {}: {}", step, stopped_early));
   if (options_.write_run_dir) save(step);
   write_rank_report();
   if (stop_signal != 0) {
@@ -732,6 +750,7 @@ nlohmann::json Trainer::train() {
                             {"world_size", env_.world_size},
                             {"layout", plan_.describe()},
                             {"peak_rss_mb", rss.item<double>() / 1048576.0}};
+  if (!stopped_early.empty()) summary["stopped_early"] = stopped_early;
   if (scaler_) {
     summary["loss_scale"] = scaler_->scale();
     summary["skipped_steps"] = scaler_->skipped_steps();
