@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Large-batch optimization (issue 7): how many optimizer steps LAMB and LARS at 8× the batch need to reach the
+# best validation loss of an AdamW baseline at the tiny recipe's batch.
+#
+#   bench/large_batch.sh            (build/kolos and the demo data must exist: `make data`; hours on 2 cores)
+#
+# Protocol:
+#   1. Baseline: the tiny recipe (configs/tiny.toml: batch 8 × 256 tokens) with AdamW at each lr in LRS
+#      (min_lr = lr/10, cosine over MAX_STEPS), evaluated every EVAL_EVERY steps on EVAL_BATCHES validation
+#      batches, stopped when the validation loss has not improved for 3 evaluations (train.early_stop = 3). The best
+#      lr is the one with the lowest validation loss; its best loss is the target and the step where it reached it
+#      is the baseline's step count.
+#   2. LAMB (configs/lamb.toml) and LARS (configs/lars.toml), both at 8× the batch (train.global_batch = 64), with
+#      their schedules fitted to a quarter of the baseline's steps (train.steps = ⌈baseline/4⌉, warmup a tenth of
+#      that), evaluated every ⌈steps/20⌉ steps on the same validation batches and stopped at the target
+#      (train.target_val_loss). LAMB's lr is the best AdamW lr × √8 (the square-root scaling of You et al. 2019);
+#      LARS keeps its recipe's lr (8.0 with trust coefficient 0.001: an Adam lr does not carry over to LARS's
+#      layer-wise rate). LAMB_LR and LARS_LR override them.
+#   3. Output: a markdown table and a PNG plot (validation loss against optimizer steps and against tokens) at
+#      PLOT (default bench/results/<date>-large-batch.png; needs Debian's python3-matplotlib, installed with apt-get
+#      when missing), and a JSON line last.
+#
+# Every run uses train.dtype = DTYPE (default bf16: fp32 master weights and optimizer state, 2–3× faster here; its
+# final validation loss on the tiny recipe is within 0.04% of fp32's, bench/results/2026-11-28-mixed-precision.md).
+# Step counts, not times, are the result, so the machine's load does not change it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KOLOS=${KOLOS:-build/kolos}
+LRS=${LRS:-"3e-4 1e-3 3e-3"}
+MAX_STEPS=${MAX_STEPS:-5000}
+EVAL_EVERY=${EVAL_EVERY:-50}
+EVAL_BATCHES=${EVAL_BATCHES:-16}
+DTYPE=${DTYPE:-bf16}
+PLOT=${PLOT:-bench/results/$(date +%F)-large-batch.png}
+WORK=${WORK:-$(mktemp -d)}
+mkdir -p "$WORK"
+export KOLOS LRS MAX_STEPS EVAL_EVERY EVAL_BATCHES DTYPE PLOT WORK LAMB_LR=${LAMB_LR:-} LARS_LR=${LARS_LR:-}
+
+if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
+  echo "installing python3-matplotlib for the plot" >&2
+  (apt-get install -y -q python3-matplotlib >/dev/null 2>&1 || sudo apt-get install -y -q python3-matplotlib >/dev/null) \
+    || { echo "python3-matplotlib could not be installed: the plot will be missing" >&2; }
+fi
+
+/usr/bin/python3 - <<'PY'
+import json, math, os, subprocess, sys
+
+kolos, work = os.environ["KOLOS"], os.environ["WORK"]
+max_steps, eval_every = int(os.environ["MAX_STEPS"]), int(os.environ["EVAL_EVERY"])
+eval_batches, dtype = os.environ["EVAL_BATCHES"], os.environ["DTYPE"]
+common = ["--set", f"train.eval_batches={eval_batches}", "--set", "train.save_every=0",
+          "--set", "train.sample_tokens=0", "--set", f"train.dtype={dtype}", "--set", "train.mfu=false"]
+
+def train(name, recipe, sets):
+    out = f"{work}/{name}"
+    args = [kolos, "train", "--config", recipe, "--out", out] + common
+    for kv in sets:
+        args += ["--set", kv]
+    print(f"[{name}] {' '.join(args)}", file=sys.stderr, flush=True)
+    log = open(f"{work}/{name}.log", "w")
+    if subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+        sys.exit(f"{name} failed: see {work}/{name}.log")
+    evals, tokens_per_step = [], None
+    for line in open(f"{out}/metrics.jsonl"):
+        r = json.loads(line)
+        if "loss" in r and r.get("step"):
+            tokens_per_step = r["tokens"] / r["step"]
+        if "val_loss" in r and "loss" in r:  # evaluations during training (the final one repeats the last)
+            evals.append((r["step"], r["val_loss"]))
+    return {"name": name, "evals": evals, "tokens_per_step": tokens_per_step}
+
+# 1. Baseline.
+baselines = []
+for lr in os.environ["LRS"].split():
+    r = train(f"adamw-lr{lr}", "tiny", [f"optim.lr={lr}", f"optim.min_lr={float(lr) / 10:g}", "optim.warmup_steps=50",
+                                         f"train.steps={max_steps}", f"train.eval_every={eval_every}",
+                                         f"train.log_every={eval_every}", "train.early_stop=3"])
+    r["lr"] = float(lr)
+    r["best_step"], r["best"] = min(r["evals"], key=lambda e: (e[1], e[0]))
+    baselines.append(r)
+    print(f"[{r['name']}] best val_loss {r['best']:.4f} at step {r['best_step']}", file=sys.stderr, flush=True)
+base = min(baselines, key=lambda r: r["best"])
+target, base_steps = base["best"], base["best_step"]
+
+# 2. Large batch, a quarter of the baseline's steps.
+steps = math.ceil(base_steps / 4)
+every = max(1, math.ceil(steps / 20))
+large = []
+for name, recipe, lr in (("lamb", "lamb", os.environ["LAMB_LR"] or f"{base['lr'] * math.sqrt(8):.6g}"),
+                         ("lars", "lars", os.environ["LARS_LR"] or "8.0")):
+    r = train(name, recipe, [f"optim.lr={lr}", f"train.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
+                             f"train.eval_every={every}", f"train.log_every={every}",
+                             f"train.target_val_loss={target:.17g}"])
+    r["lr"] = float(lr)
+    reached = [s for s, v in r["evals"] if v <= target]
+    r["reached_step"] = reached[0] if reached else None
+    r["best_step"], r["best"] = min(r["evals"], key=lambda e: (e[1], e[0]))
+    large.append(r)
+
+# 3. Report.
+print(f"\nbaseline: AdamW, batch 8 × 256 tokens; best lr {base['lr']:g}: best val_loss {target:.4f} at step "
+      f"{base_steps}; dtype {dtype}, evaluations every {eval_every} steps on {eval_batches} batches\n")
+print("| run | batch (sequences) | lr | optimizer steps to val_loss ≤ target | ratio to baseline | best val_loss (step) |")
+print("|---|---|---|---|---|---|")
+for r in baselines:
+    mark = " (baseline)" if r is base else ""
+    print(f"| AdamW{mark} | 8 | {r['lr']:g} | {r['best_step'] if r is base else '—'} | {'1' if r is base else '—'} | "
+          f"{r['best']:.4f} ({r['best_step']}) |")
+for r in large:
+    got = r["reached_step"]
+    ratio = f"{got / base_steps:.3f}" if got else f"not within {steps} (= 1/4)"
+    print(f"| {r['name'].upper()} | 64 | {r['lr']:g} | {got if got else '—'} | {ratio} | {r['best']:.4f} ({r['best_step']}) |")
+
+plot = os.environ["PLOT"]
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in baselines + large:
+        label = f"{'AdamW' if r in baselines else r['name'].upper()} lr {r['lr']:g}, batch {'8' if r in baselines else '64'}"
+        xs = [s for s, _ in r["evals"]]
+        ys = [v for _, v in r["evals"]]
+        axes[0].plot(xs, ys, marker=".", label=label)
+        axes[1].plot([s * r["tokens_per_step"] for s in xs], ys, marker=".", label=label)
+    for ax, xlabel in zip(axes, ("optimizer steps", "tokens")):
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].axvline(base_steps / 4, color="red", linestyle=":", linewidth=1, label="1/4 of the baseline's steps")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"tiny model on Moby-Dick bytes: AdamW at batch 8 against LAMB and LARS at batch 64 ({dtype})")
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+    print(f"\nplot: {plot}")
+except ImportError:
+    print("\nplot: not drawn (python3-matplotlib missing)")
+    plot = None
+
+out = {"bench": "large_batch", "dtype": dtype, "baseline_lr": base["lr"], "baseline_best_val_loss": round(target, 5),
+       "baseline_steps": base_steps, "budget_steps": steps, "plot": plot}
+for r in baselines:
+    out[f"adamw_lr{r['lr']:g}_best"] = round(r["best"], 5)
+    out[f"adamw_lr{r['lr']:g}_best_step"] = r["best_step"]
+for r in large:
+    out[f"{r['name']}_lr"] = r["lr"]
+    out[f"{r['name']}_steps_to_target"] = r["reached_step"]
+    out[f"{r['name']}_ratio"] = round(r["reached_step"] / base_steps, 4) if r["reached_step"] else None
+    out[f"{r['name']}_best"] = round(r["best"], 5)
+out["goal_met"] = all(r["reached_step"] is not None for r in large)
+print(json.dumps(out))
+PY
