@@ -12,6 +12,7 @@
 
 #include "kolos/checkpoint/safetensors.h"
 #include "kolos/nn/attention.h"
+#include "kolos/nn/head_loss.h"
 #include "kolos/nn/layers.h"
 #include "tests/support.h"
 
@@ -192,6 +193,27 @@ TEST(LayersReference, CrossEntropyMatchesPyTorch) {
   at::Tensor logits = ref.leaf("ce", "logits", ref.randn({12, 9}, 3.0));
   at::Tensor targets = ref.constant("ce", "targets", ref.randint(9, {12}));
   ref.backward("ce", nn::cross_entropy(logits, targets), {{"logits", logits}});
+  ref.compare();
+}
+
+// The fused, token-chunked head + cross-entropy (nn/head_loss.h): 13 tokens in chunks of 5 (the last ragged), every
+// fourth target ignored, with and without a bias.
+TEST(LayersReference, HeadCrossEntropyMatchesPyTorch) {
+  KOLOS_SKIP_WITHOUT_PYTHON_TORCH();
+  LayerReference ref(18);
+  for (bool with_bias : {false, true}) {
+    const std::string name = with_bias ? "head_bias" : "head";
+    ref.add_case(name, "head_cross_entropy");
+    at::Tensor h = ref.leaf(name, "hidden", ref.randn({13, 8}));
+    at::Tensor w = ref.leaf(name, "weight", ref.randn({11, 8}, 0.8));
+    at::Tensor b = with_bias ? ref.leaf(name, "bias", ref.randn({11})) : at::Tensor();
+    at::Tensor t = ref.randint(11, {13});
+    t.index_put_({at::arange(0, 13, 4)}, -100);
+    ref.constant(name, "targets", t);
+    std::map<std::string, at::Tensor> leaves{{"hidden", h}, {"weight", w}};
+    if (with_bias) leaves["bias"] = b;
+    ref.backward(name, nn::head_cross_entropy(h, w, b, t, /*chunk_tokens=*/5), leaves);
+  }
   ref.compare();
 }
 

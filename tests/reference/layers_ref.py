@@ -71,6 +71,12 @@ def cross_entropy(logits, targets):
     return (logz - picked).mean()
 
 
+def head_cross_entropy(hidden, weight, bias, targets):
+    """cross_entropy of the logits hidden Wᵀ + b over the rows whose target is not -100 (ignored)."""
+    keep = targets != -100
+    return cross_entropy(linear(hidden, weight, bias)[keep], targets[keep])
+
+
 def attention(q, k, v):
     """Causal softmax attention with an explicit (T, T) mask. q, k, v: (B, H, T, D)."""
     T, D = q.shape[-2], q.shape[-1]
@@ -92,6 +98,7 @@ OPS = {
     "rope": lambda a, c: rope(a["x"], c["theta"]),
     "rope_tables": lambda a, c: rope_tables(c),
     "cross_entropy": lambda a, c: cross_entropy(a["logits"], a["targets"]),
+    "head_cross_entropy": lambda a, c: head_cross_entropy(a["hidden"], a["weight"], a.get("bias"), a["targets"]),
     "attention": lambda a, c: attention(a["q"], a["k"], a["v"]),
 }
 

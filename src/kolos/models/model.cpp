@@ -5,6 +5,7 @@
 #include "kolos/core/error.h"
 #include "kolos/models/gpt/gpt.h"
 #include "kolos/models/llama/llama.h"
+#include "kolos/nn/head_loss.h"
 #include "kolos/nn/layers.h"
 #include "kolos/nn/recompute.h"
 
@@ -51,7 +52,8 @@ bool Model::has_param(const std::string& name) const {
   return false;
 }
 
-at::Tensor Model::forward(const at::Tensor& ids) {
+at::Tensor Model::hooked_forward(const at::Tensor& ids,
+                                 const std::function<at::Tensor(const at::Tensor&)>& head_piece) {
   KOLOS_ASSERT(segments_.empty(), "Model::forward on a pipeline stage (use forward_segment)");
   // Piece b under the block hooks (set_block_hooks).
   auto hooked = [this](int b, auto&& piece) {
@@ -63,21 +65,37 @@ at::Tensor Model::forward(const at::Tensor& ids) {
   at::Tensor x = hooked(0, [&] { return stem(ids); });
   for (int64_t i = 0; i < config_.layers; ++i)
     x = hooked(static_cast<int>(i) + 1, [&] { return block(static_cast<size_t>(i), x); });
-  return hooked(static_cast<int>(config_.layers) + 1, [&] { return final_logits(x); });
+  return hooked(static_cast<int>(config_.layers) + 1, [&] { return head_piece(x); });
 }
 
-at::Tensor Model::forward_segment(size_t chunk, const at::Tensor& input) {
+at::Tensor Model::forward(const at::Tensor& ids) {
+  return hooked_forward(ids, [this](const at::Tensor& x) { return final_logits(x); });
+}
+
+at::Tensor Model::loss(const at::Tensor& ids, const at::Tensor& targets) {
+  return hooked_forward(ids, [&](const at::Tensor& x) { return final_loss(x, targets); });
+}
+
+at::Tensor Model::forward_segment(size_t chunk, const at::Tensor& input, const at::Tensor& targets) {
   KOLOS_ASSERT(chunk < segments_.size(), "forward_segment: chunk {} of {}", chunk, segments_.size());
   const Segment& s = segments_[chunk];
+  KOLOS_ASSERT(s.head || !targets.defined(), "forward_segment: targets for chunk {}, which has no head", chunk);
   at::Tensor x = s.stem ? stem(input) : input;
   for (int64_t i = s.first; i < s.end; ++i) x = block(static_cast<size_t>(i), x);
-  return s.head ? final_logits(x) : x;
+  if (!s.head) return x;
+  return targets.defined() ? final_loss(x, targets) : final_logits(x);
 }
 
-at::Tensor Model::loss_from_logits(const at::Tensor& logits, const at::Tensor& targets) const {
-  at::Tensor flat = logits.reshape({-1, logits.size(-1)});
-  return sharding_.cross_entropy ? sharding_.cross_entropy(flat, targets.reshape({-1}))
-                                 : nn::cross_entropy(flat, targets.reshape({-1}));
+at::Tensor Model::final_logits(const at::Tensor& x) const { return head(final_norm(x), head_weight()); }
+
+at::Tensor Model::final_loss(const at::Tensor& x, const at::Tensor& targets) const {
+  if (sharding_.cross_entropy) {  // tensor parallelism: this rank's slice of the vocabulary
+    at::Tensor logits = final_logits(x);
+    return sharding_.cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  }
+  KOLOS_ASSERT(!sharding_.head, "a sharded output head without its vocab-parallel cross-entropy");
+  at::Tensor h = final_norm(x);
+  return nn::head_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), at::Tensor(), targets.reshape({-1}));
 }
 
 void Model::init_params(int64_t seed) {
@@ -105,10 +123,6 @@ at::Tensor Model::param(const std::string& name) const {
   for (const auto& [n, t] : params_)
     if (n == name) return t;
   KOLOS_ASSERT(false, "no parameter named {}", name);
-}
-
-at::Tensor Model::loss(const at::Tensor& ids, const at::Tensor& targets) {
-  return loss_from_logits(forward(ids), targets);
 }
 
 nn::Linear Model::linear(const std::string& prefix, bool bias) const {

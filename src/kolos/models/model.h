@@ -90,10 +90,9 @@ class Model {
   // The name of the embedding the output head shares (GPT-2's wte, LLaMA's when tied), "" when untied.
   virtual std::string tied_embedding() const = 0;
   // Segment `chunk` of set_segments: input = token ids (B, T) when it has the stem, else the hidden states
-  // (B, T, C) of the segment before; returns the logits (B, T, V) when it has the head, else its hidden states.
-  at::Tensor forward_segment(size_t chunk, const at::Tensor& input);
-  // Mean cross-entropy of logits (B, T, V) against targets (B, T) (vocab-parallel under tensor parallelism).
-  at::Tensor loss_from_logits(const at::Tensor& logits, const at::Tensor& targets) const;
+  // (B, T, C) of the segment before; returns, when it has the head, the mean cross-entropy against `targets`
+  // (B, T) as loss() computes it, or the logits (B, T, V) when targets is undefined; else its hidden states.
+  at::Tensor forward_segment(size_t chunk, const at::Tensor& input, const at::Tensor& targets = at::Tensor());
 
   // Training mode enables dropout.
   void set_training(bool training) { training_ = training; }
@@ -102,7 +101,10 @@ class Model {
   // ids: (B, T) int64 with T <= seq_len. Returns logits (B, T, V). The whole model (one process, or tensor and
   // sequence parallel ranks); not on a pipeline stage.
   at::Tensor forward(const at::Tensor& ids);
-  // Mean cross-entropy of the next-token predictions against targets (B, T).
+  // Mean cross-entropy of the next-token predictions against targets (B, T) (a target of -100 is not counted).
+  // The same forward, without the whole logits: on one tensor-parallel rank the head and the loss are one
+  // token-chunked function (nn::head_cross_entropy; its memory is a chunk of logits, not B·T·V); under tensor
+  // parallelism the vocab-parallel cross-entropy of this rank's logits.
   at::Tensor loss(const at::Tensor& ids, const at::Tensor& targets);
 
  protected:
@@ -110,10 +112,15 @@ class Model {
   // this rank holds: has_param).
   virtual void on_params_bound() = 0;
   bool has_param(const std::string& name) const;
-  // The pieces of the forward: ids → the hidden states entering block 0; block i; final norm and head → logits.
+  // The pieces of the forward: ids → the hidden states entering block 0; block i; the final norm and the head.
   virtual at::Tensor stem(const at::Tensor& ids) const = 0;
   virtual at::Tensor block(size_t i, const at::Tensor& x) const = 0;
-  virtual at::Tensor final_logits(const at::Tensor& x) const = 0;
+  // The final norm and the output head's weight (V, C) (the token embedding when tied); final_logits applies both,
+  // final_loss goes on to the loss (loss(), forward_segment).
+  virtual at::Tensor final_norm(const at::Tensor& x) const = 0;
+  virtual const at::Tensor& head_weight() const = 0;
+  at::Tensor final_logits(const at::Tensor& x) const;
+  at::Tensor final_loss(const at::Tensor& x, const at::Tensor& targets) const;
   // The name prefix of block i's parameters ("h.3.", "layers.3."); parameters outside blocks belong to the stem
   // when is_stem_param, else to the head.
   virtual std::string block_prefix(int64_t i) const = 0;
@@ -140,6 +147,11 @@ class Model {
   BlockHooks hooks_;
   std::vector<Segment> segments_;
   bool training_ = true;
+
+ private:
+  // The forward under the block hooks (set_block_hooks): the stem, the blocks, then `head_piece` of the blocks'
+  // output (the logits or the loss) as the head block.
+  at::Tensor hooked_forward(const at::Tensor& ids, const std::function<at::Tensor(const at::Tensor&)>& head_piece);
 };
 
 }  // namespace kolos::models

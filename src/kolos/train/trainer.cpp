@@ -401,8 +401,7 @@ void Trainer::restore(const std::string& dir) {
 
 at::Tensor Trainer::forward_chunk(int chunk, const at::Tensor& x, const at::Tensor& target) {
   AutocastScope autocast(autocast_);
-  at::Tensor y = model_->forward_segment(static_cast<size_t>(chunk), x);
-  return target.defined() ? model_->loss_from_logits(y, target) : y;
+  return model_->forward_segment(static_cast<size_t>(chunk), x, target);
 }
 
 void Trainer::sync_tied_gradient() {

@@ -102,8 +102,8 @@ at::Tensor Gpt::block(size_t i, const at::Tensor& x) const {
   return run_block(i, [this, b = blocks_.at(i)](const at::Tensor& h) { return block_forward(b, h); }, x);
 }
 
-at::Tensor Gpt::final_logits(const at::Tensor& x) const {
-  return head(nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps), wte_);
+at::Tensor Gpt::final_norm(const at::Tensor& x) const {
+  return nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps);
 }
 
 }  // namespace kolos::models

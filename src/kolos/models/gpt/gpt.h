@@ -33,7 +33,8 @@ class Gpt : public Model {
   void on_params_bound() override;
   at::Tensor stem(const at::Tensor& ids) const override;
   at::Tensor block(size_t i, const at::Tensor& x) const override;
-  at::Tensor final_logits(const at::Tensor& x) const override;
+  at::Tensor final_norm(const at::Tensor& x) const override;
+  const at::Tensor& head_weight() const override { return wte_; }
   std::string block_prefix(int64_t i) const override { return "h." + std::to_string(i) + "."; }
   bool is_stem_param(const std::string& name) const override { return name == "wte.weight" || name == "wpe.weight"; }
   at::Tensor block_forward(const Block& b, const at::Tensor& x) const;

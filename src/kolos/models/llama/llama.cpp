@@ -100,6 +100,6 @@ at::Tensor Llama::block(size_t i, const at::Tensor& x) const {
   return run_block(i, [this, b = blocks_.at(i)](const at::Tensor& h) { return block_forward(b, h); }, x);
 }
 
-at::Tensor Llama::final_logits(const at::Tensor& x) const { return head(nn::rms_norm(x, norm_, config_.norm_eps), head_); }
+at::Tensor Llama::final_norm(const at::Tensor& x) const { return nn::rms_norm(x, norm_, config_.norm_eps); }
 
 }  // namespace kolos::models
