@@ -108,6 +108,7 @@ checkpoint::TensorMap final_params(const std::string& run_dir) {
 struct Outcome {
   double loss_rel = 0, param_rel = 0;
   std::string param_tensor;
+  std::vector<std::pair<std::string, double>> over;  // parameter tensors beyond the tolerance
   std::string shards = "ok", ops = "ok";
   bool ok = true;
 };
@@ -439,6 +440,7 @@ int verify(const VerifyOptions& options) {
         out.param_rel = d;
         out.param_tensor = name;
       }
+      if (!(d <= options.tolerance)) out.over.emplace_back(name, d);
     }
     check_ranks(l, plans[i], works[i], dir, static_cast<int64_t>(ref_losses.size()), optim::state_buffers(base.optim),
                 out);
@@ -447,6 +449,7 @@ int verify(const VerifyOptions& options) {
     std::printf("%-28s %5d %12.3e %12.3e  %-26s %-6s %-6s %s\n", l.text.c_str(), l.processes, out.loss_rel,
                 out.param_rel, out.param_tensor.c_str(), out.shards == "ok" ? "ok" : "WRONG",
                 out.ops == "ok" ? "ok" : "WRONG", out.ok ? "ok" : "OUT OF TOLERANCE");
+    for (const auto& [name, d] : out.over) std::printf("  out of tolerance: %s %.3e\n", name.c_str(), d);
     if (out.shards != "ok") std::printf("  shards: %s\n", out.shards.c_str());
     if (out.ops != "ok") std::printf("  ops: %s\n", out.ops.c_str());
     std::fflush(stdout);
