@@ -8,17 +8,23 @@
 //   Bytes     per step the ledger's all-gathers (forward, backward) and reduce-scatters equal 3Ψ in its convention,
 //             Ψ padded to the chunk capacities (the padding is computed), and within 2% of the unpadded 3Ψ.
 //   Prefetch  in forward, the gather of block b+1 starts (ledger timestamp) before block b computes.
+//   Offload   with half the shards on the host or nvme tier (read back for each gather, updated there), the same
+//             parity holds on 1 and 2 ranks and no offloaded shard stays resident after a backward.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <mutex>
 
 #include <torch/csrc/autograd/autograd.h>
 
 #include "kolos/memory/chunk_manager.h"
+#include "kolos/memory/tiers.h"
 #include "kolos/nn/recompute.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/support.h"
 
 namespace kolos::memory {
 namespace {
@@ -139,11 +145,20 @@ std::vector<at::Tensor> train_reference(const TinyModel& model) {
   return p;
 }
 
-// The chunk manager on `comm` (null: one rank), `accum` micro-steps per step; returns the whole parameters.
+// Makes one rank's tier store for parameter offload (null function: no offload).
+using StoreMaker = std::function<std::unique_ptr<TierStore>(int rank)>;
+
+// The chunk manager on `comm` (null: one rank), `accum` micro-steps per step; returns the whole parameters. With
+// `make_store`, options.offload_fraction of the shards live on this rank's store and the SGD step updates them there.
 std::vector<at::Tensor> train_chunked(const TinyModel& model, ChunkManager::Options options, dist::Comm* comm,
-                                      int accum) {
+                                      int accum, const StoreMaker& make_store = nullptr) {
   const int n = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  std::unique_ptr<TierStore> store = make_store ? make_store(rank) : nullptr;
+  options.tier = store.get();
   ChunkManager m(model.params(), options, comm);
+  if (store) {
+    EXPECT_LT(m.shard_params().numel(), m.shard_numel());
+  }
   const auto init = model.init();
   for (int i = 0; i < m.num_params(); ++i) m.set_param(i, init[i]);
   for (int step = 0; step < kSteps; ++step) {
@@ -156,21 +171,31 @@ std::vector<at::Tensor> train_chunked(const TinyModel& model, ChunkManager::Opti
       loss.backward();
       m.finish_backward();
       EXPECT_EQ(m.gathered_bytes(), 0);
+      EXPECT_EQ(m.fetched_shard_bytes(), 0);
     }
     at::NoGradGuard no_grad;
-    m.shard_params().sub_(m.shard_grads() * kLr);
+    const int64_t resident = m.shard_params().numel();
+    m.shard_params().sub_(m.shard_grads().narrow(0, 0, resident) * kLr);
+    for (const TierShard& sh : m.offloaded_shards()) {  // read, update, write back
+      AlignedBuffer buf(sh.region.bytes);
+      store->wait(store->read(sh.region, 0, buf.data(), sh.region.bytes));
+      at::Tensor shard = at::from_blob(buf.data(), {sh.numel}, at::kFloat);
+      shard.sub_(m.shard_grads().narrow(0, sh.begin, sh.numel) * kLr);
+      store->wait(store->write(sh.region, 0, buf.data(), sh.region.bytes));
+    }
   }
   return m.whole_params();
 }
 
-void expect_parity(const TinyModel& model, const ChunkManager::Options& options, int ranks, int accum) {
+void expect_parity(const TinyModel& model, const ChunkManager::Options& options, int ranks, int accum,
+                   const StoreMaker& make_store = nullptr) {
   const auto want = train_reference(model);
   std::vector<std::vector<at::Tensor>> got(ranks);
   if (ranks == 1) {
-    got[0] = train_chunked(model, options, nullptr, accum);
+    got[0] = train_chunked(model, options, nullptr, accum, make_store);
   } else {
     test::run_thread_ranks(ranks, [&](dist::Comm& comm, int rank) {
-      got[rank] = train_chunked(model, options, &comm, accum);
+      got[rank] = train_chunked(model, options, &comm, accum, make_store);
     });
   }
   const auto names = model.params();
@@ -227,6 +252,27 @@ TEST(ChunkZero3, FourRanksMatchOneProcess) {
   o.chunk_size = 509;  // capacity 512: shards of 128 split parameters at any element
   o.max_pending_reductions = 1;
   expect_parity(model, o, 4, 1);
+}
+
+TEST(ChunkZero3, OffloadedShardsOnHostAndNvmeMatchOneProcess) {
+  // Half the shard elements (the last chunks) on a tier: read back before each gather, freed after it.
+  TinyModel model;
+  model.tied = true;
+  test::TempDir dir("chunk-offload");
+  for (Tier tier : {Tier::kHost, Tier::kNvme})
+    for (int ranks : {1, 2}) {
+      SCOPED_TRACE(std::string(tier_name(tier)) + ", ranks " + std::to_string(ranks));
+      ChunkManager::Options o = two_chunks_per_block(model);
+      o.offload_fraction = 0.5;
+      expect_parity(model, o, ranks, 1, [&](int rank) {
+        TierStore::Options so;
+        so.tier = tier;
+        so.nvme_path = dir.path();
+        so.rank = rank;
+        so.grow_step = 1 << 20;
+        return std::make_unique<TierStore>(so);
+      });
+    }
 }
 
 TEST(ChunkZero3, UntiedOneChunkPerBlock) {

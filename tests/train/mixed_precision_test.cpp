@@ -16,19 +16,17 @@
 #include <ATen/record_function.h>
 
 #include <cmath>
-#include <exception>
 #include <fstream>
 #include <mutex>
 #include <set>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "kolos/config/config.h"
 #include "kolos/core/error.h"
-#include "kolos/dist/launcher.h"
 #include "kolos/train/trainer.h"
 #include "tests/dist/train_runs.h"
+#include "tests/train/trainer_ranks.h"
 #include "tests/support.h"
 
 namespace kolos {
@@ -64,41 +62,6 @@ bool same(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
   return true;
 }
 
-// `n` Trainers of one dp run as threads of this process (a TCPStore on a free port, Gloo over loopback); body(t, r)
-// runs on rank r's thread. The Trainers are destroyed only after every thread has finished.
-void run_trainer_ranks(int n, const std::vector<std::string>& sets,
-                       const std::function<train::RunOptions(int rank)>& options,
-                       const std::function<void(train::Trainer&, int rank)>& body) {
-  const int port = dist::find_free_port();
-  std::vector<std::unique_ptr<train::Trainer>> trainers(n);
-  std::vector<std::exception_ptr> errors(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        dist::DistEnv env;
-        env.rank = r;
-        env.world_size = n;
-        env.local_rank = r;
-        env.local_world_size = n;
-        env.master_addr = "127.0.0.1";
-        env.master_port = port;
-        env.launcher = "torchrun";
-        std::vector<std::string> s = sets;
-        s.push_back("dist.timeout_s=60");
-        trainers[r] = std::make_unique<train::Trainer>(load_config("tiny", s, n), options(r), env);
-        body(*trainers[r], r);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  trainers.clear();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
-
 struct StepSeen {
   bool skipped = false, params_unchanged = false;
   double loss_scale = 0, loss = 0;
@@ -117,7 +80,7 @@ TEST(MixedPrecision, InfOnOneRankSkipsTheStepOnEveryRankAndTheScaleRecovers) {
                                   "train.loss_scale_hysteresis=2"});
     std::vector<std::vector<StepSeen>> seen(2, std::vector<StepSeen>(kSteps));
     std::vector<std::vector<at::Tensor>> final_params(2);
-    run_trainer_ranks(
+    test::run_trainer_ranks(
         2, sets,
         [](int rank) {
           train::RunOptions o = no_files();

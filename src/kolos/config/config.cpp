@@ -359,6 +359,18 @@ void validate(Config& cfg, int64_t world_size) {
                         {"memory.offload_optim_frac", mm.offload_optim_frac},
                         {"memory.offload_param_frac", mm.offload_param_frac}})
     KOLOS_CHECK(v >= 0 && v <= 1, "config key {}: expected a fraction in [0, 1], got {}", key, v);
+  KOLOS_CHECK(mm.placement == "static",
+              "config key memory.placement = \"auto\": the memory-trace policy is not implemented yet; use \"static\" "
+              "with memory.offload_optim_frac and memory.offload_param_frac");
+  const bool offloading = mm.offload_optim_frac > 0 || mm.offload_param_frac > 0;
+  KOLOS_CHECK(!offloading || mm.offload_tier != "nvme" || !mm.nvme_path.empty(),
+              "config key memory.nvme_path is empty: memory.offload_tier = \"nvme\" with an offload fraction > 0 needs "
+              "a directory for the swap files");
+  KOLOS_CHECK(!offloading || (cfg.optim.name != "lars" && cfg.optim.name != "lamb"),
+              "config keys memory.offload_optim_frac = {} / memory.offload_param_frac = {} with optim.name = \"{}\": "
+              "its trust ratios need whole-tensor norms before any element is updated, which the streamed optimizer "
+              "step does not compute; use adamw, sgd or lion, or set the offload fractions to 0",
+              mm.offload_optim_frac, mm.offload_param_frac, cfg.optim.name);
 
   check_one_of<std::string>(cfg.dist.backend, {"gloo", "nccl"}, "dist.backend");
   KOLOS_CHECK(cfg.dist.timeout_s > 0, "config key dist.timeout_s: expected > 0, got {}", cfg.dist.timeout_s);

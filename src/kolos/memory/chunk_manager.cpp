@@ -1,6 +1,7 @@
 #include "kolos/memory/chunk_manager.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include <c10/core/CPUAllocator.h>
 #include <torch/csrc/autograd/function.h>
@@ -33,6 +34,14 @@ class PreBackward : public torch::autograd::Node {
   ChunkManager* manager_;
   int block_;
 };
+
+// An aligned buffer (for O_DIRECT reads into it) of align_up(bytes) bytes as a DataPtr that frees it.
+c10::DataPtr aligned_data_ptr(int64_t bytes) {
+  auto* buffer = new AlignedBuffer(bytes);
+  void* data = buffer->data();
+  return c10::DataPtr(data, buffer, [](void* ctx) { delete static_cast<AlignedBuffer*>(ctx); },
+                      c10::Device(c10::kCPU));
+}
 
 }  // namespace
 
@@ -111,15 +120,41 @@ ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist
     shard_offset_.push_back(shard_total);
     shard_total += c.capacity / group_size_;
   }
-  shard_params_ = at::zeros({shard_total}, at::kFloat);
+  const int total_chunks = static_cast<int>(layout_.chunks.size());
+  KOLOS_CHECK(options_.offload_fraction >= 0 && options_.offload_fraction <= 1 &&
+                  (options_.offload_fraction == 0 || options_.tier),
+              "ChunkManager: offload fraction {} (in [0, 1], with a tier)", options_.offload_fraction);
+  first_offloaded_ = total_chunks;
+  if (options_.offload_fraction > 0) {
+    const double want = options_.offload_fraction * static_cast<double>(shard_total);
+    auto offloaded = [&](int first) { return shard_total - (first < total_chunks ? shard_offset_[first] : shard_total); };
+    while (first_offloaded_ > 0 && static_cast<double>(offloaded(first_offloaded_)) < want) --first_offloaded_;
+  }
+  shard_params_ = at::zeros({first_offloaded_ < total_chunks ? shard_offset_[first_offloaded_] : shard_total},
+                            at::kFloat);
   shard_grads_ = at::zeros({shard_total}, at::kFloat);
 
   param_place_.resize(params_.size());
   for (size_t c = 0; c < layout_.chunks.size(); ++c) {
     const auto& lc = layout_.chunks[c];
     const int64_t s = lc.capacity / group_size_;
-    auto chunk = std::make_unique<Chunk>(static_cast<int>(c), lc.block, lc.capacity,
-                                         shard_params_.narrow(0, shard_offset_[c], s),
+    at::Tensor shard;
+    if (static_cast<int>(c) < first_offloaded_) {
+      shard = shard_params_.narrow(0, shard_offset_[c], s);
+    } else {
+      // A storage of its own, zero now (written to the tier below, then freed until the first gather).
+      c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(s * 4), aligned_data_ptr(s * 4),
+                           /*allocator=*/nullptr, /*resizable=*/false);
+      std::memset(storage.data(), 0, static_cast<size_t>(align_up(s * 4)));
+      shard = at::empty({0}, at::kFloat);
+      shard.set_(storage, 0, {s}, {1});
+      offloaded_.push_back({shard_offset_[c], s, options_.tier->allocate(s * 4)});
+      options_.tier->wait(options_.tier->write(offloaded_.back().region, 0, storage.data(), offloaded_.back().region.bytes));
+      tier_storage_.push_back(storage);
+      tier_reads_.push_back(0);
+      tier_resident_.push_back(true);
+    }
+    auto chunk = std::make_unique<Chunk>(static_cast<int>(c), lc.block, lc.capacity, shard,
                                          shard_grads_.narrow(0, shard_offset_[c], s), comm_, cache_.get());
     for (int i = lc.first_param; i < lc.end_param; ++i) {
       chunk->add_tensor(layout_.slots[i].offset, params_[i].shape);
@@ -127,6 +162,7 @@ ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist
     }
     chunk->release();
     chunks_.push_back(std::move(chunk));
+    evict_shard(static_cast<int>(c));
   }
 
   // The hooks. The accumulator is held here: a parameter keeps only a weak reference to it.
@@ -146,6 +182,58 @@ ChunkManager::~ChunkManager() {
   } catch (...) {
     // A failed peer: reported by whoever waited first.
   }
+  for (size_t i = 0; i < tier_reads_.size(); ++i) {
+    try {
+      options_.tier->wait(tier_reads_[i]);
+    } catch (...) {
+      // An IO error of a read nobody needs any more.
+    }
+  }
+}
+
+void ChunkManager::fetch_shard(int c) {
+  const int i = tier_index(c);
+  if (i < 0 || tier_resident_[i]) return;
+  const TierShard& sh = offloaded_[i];
+  auto* impl = tier_storage_[i].unsafeGetStorageImpl();
+  impl->set_data_ptr_noswap(aligned_data_ptr(sh.numel * 4));
+  impl->set_nbytes(static_cast<size_t>(sh.numel * 4));
+  tier_reads_[i] = options_.tier->read(sh.region, 0, impl->data(), sh.region.bytes);
+  tier_resident_[i] = true;
+}
+
+void ChunkManager::wait_shard(int c) {
+  const int i = tier_index(c);
+  if (i < 0) return;
+  fetch_shard(c);
+  const AioTicket t = tier_reads_[i];
+  tier_reads_[i] = 0;
+  options_.tier->wait(t);
+}
+
+void ChunkManager::evict_shard(int c) {
+  const int i = tier_index(c);
+  if (i < 0 || !tier_resident_[i]) return;
+  const AioTicket t = tier_reads_[i];
+  tier_reads_[i] = 0;
+  options_.tier->wait(t);  // the engine may still write into the buffer
+  auto* impl = tier_storage_[i].unsafeGetStorageImpl();
+  impl->set_data_ptr_noswap(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
+  impl->set_nbytes(0);
+  tier_resident_[i] = false;
+}
+
+void ChunkManager::fetch_block(int block) {
+  if (block < 0 || block >= num_blocks_) return;
+  for (int c = std::max(block_chunks_[block].first, first_offloaded_); c < block_chunks_[block].second; ++c)
+    if (chunks_[c]->residency() == Chunk::Residency::kReleased && !done_[c]) fetch_shard(c);
+}
+
+int64_t ChunkManager::fetched_shard_bytes() const {
+  int64_t bytes = 0;
+  for (size_t i = 0; i < offloaded_.size(); ++i)
+    if (tier_resident_[i]) bytes += offloaded_[i].numel * 4;
+  return bytes;
 }
 
 const at::Tensor& ChunkManager::param(int i) const {
@@ -188,7 +276,15 @@ void ChunkManager::set_param(int i, const at::Tensor& value) {
   const at::Tensor flat = value.detach().to(at::kFloat).contiguous().view(-1);
   const int64_t begin = ch.tensor_offset(t), end = begin + p.numel();
   const int64_t lo = std::max(begin, ch.shard_begin()), hi = std::min(end, ch.shard_begin() + ch.shard_numel());
-  if (lo < hi) ch.shard().narrow(0, lo - ch.shard_begin(), hi - lo).copy_(flat.narrow(0, lo - begin, hi - lo));
+  if (lo < hi) {
+    wait_shard(c);  // an offloaded shard: read back, changed, written out
+    ch.shard().narrow(0, lo - ch.shard_begin(), hi - lo).copy_(flat.narrow(0, lo - begin, hi - lo));
+    if (tier_index(c) >= 0) {
+      const TierShard& sh = offloaded_[tier_index(c)];
+      options_.tier->wait(options_.tier->write(sh.region, 0, ch.shard().data_ptr(), sh.region.bytes));
+      if (ch.residency() == Chunk::Residency::kReleased) evict_shard(c);
+    }
+  }
   if (ch.residency() != Chunk::Residency::kReleased) {
     ch.wait_gather();
     p.detach().copy_(value);  // the gathered copy too
@@ -201,8 +297,10 @@ std::vector<at::Tensor> ChunkManager::whole_params() {
   for (int c = 0; c < num_chunks(); ++c) {
     Chunk& ch = *chunks_[c];
     const bool was_released = ch.residency() == Chunk::Residency::kReleased;
+    if (was_released) wait_shard(c);
     ch.gather_async(dist::Phase::kOther);
     ch.wait_gather();
+    evict_shard(c);
     const auto& lc = layout_.chunks[c];
     for (int i = lc.first_param; i < lc.end_param; ++i) out[i] = param(i).detach().clone();
     if (was_released) ch.release();
@@ -218,6 +316,7 @@ void ChunkManager::gather_block(int block, dist::Phase phase) {
   for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
     Chunk& ch = *chunks_[c];
     if (ch.residency() != Chunk::Residency::kReleased || done_[c]) continue;
+    wait_shard(c);
     ch.gather_async(phase);
     ++gathers_;
     peak_gathered_bytes_ = std::max(peak_gathered_bytes_, gathered_bytes());
@@ -227,6 +326,7 @@ void ChunkManager::gather_block(int block, dist::Phase phase) {
 void ChunkManager::release_chunk(Chunk& c) {
   if (c.residency() == Chunk::Residency::kReleased) return;
   c.release();
+  evict_shard(c.index());
 }
 
 int64_t ChunkManager::gathered_bytes() const {
@@ -245,8 +345,10 @@ void ChunkManager::before_forward(int block) {
   check_block(block, "before_forward");
   gather_block(block, dist::Phase::kForward);
   if (block + 1 < num_blocks_) gather_block(block + 1, dist::Phase::kForward);  // prefetch
+  fetch_block(block + 2);  // offloaded shards: read ahead of the next prefetch
   for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
     chunks_[c]->wait_gather();
+    evict_shard(c);
     chunks_[c]->set_all(TensorState::kHold, TensorState::kCompute);
   }
 }
@@ -273,10 +375,12 @@ void ChunkManager::before_backward(int block) {
   check_block(block, "before_backward");
   gather_block(block, dist::Phase::kBackward);
   if (block > 0) gather_block(block - 1, dist::Phase::kBackward);  // prefetch
+  fetch_block(block - 2);
   for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
     Chunk& ch = *chunks_[c];
     KOLOS_ASSERT(!done_[c], "block {}: its backward began after chunk {}'s gradient was complete", block, c);
     ch.wait_gather();
+    evict_shard(c);
     ch.set_all(TensorState::kHold, TensorState::kCompute);
     ch.prepare_grads();
   }
@@ -332,6 +436,7 @@ void ChunkManager::release_all() {
   for (auto& c : chunks_) {
     c->set_all(TensorState::kCompute, TensorState::kHold);
     release_chunk(*c);
+    evict_shard(c->index());  // read ahead and never gathered
   }
 }
 

@@ -55,6 +55,15 @@
 // reduction is in flight or waits its turn (at most Options::max_pending_reductions in flight before the oldest is
 // waited for). Released buffers are cached for reuse (BufferCache, Options::buffer_cache_bytes).
 //
+// Parameter offload (Options::offload_fraction > 0; memory.offload_param_frac): the master shards of the last
+// chunks — the fewest trailing chunks whose shards hold at least that fraction of the shard elements — live on a tier (memory/tiers.h) instead of in shard_params(), which then holds the resident chunks' shards
+// only. Such a chunk's shard is a storage of its own, empty (nbytes 0) between uses: before each gather of the chunk
+// it is read back from the tier (prefetched: before_forward(b) starts the reads of block b+2's offloaded shards,
+// before_backward(b) those of block b−2, ahead of their gathers), and freed as soon as the gather has completed.
+// The optimizer updates these shards on the tier (memory/offload.h: offloaded_shards()); the manager never writes
+// them back except in set_param. Per step this reads each offloaded shard twice (forward and backward gathers;
+// once for a keep-gathered block).
+//
 // Lifetime: the manager must outlive every autograd graph built with its parameters (its hooks and nodes point at
 // it); the Comm outlives the manager. Not thread-safe.
 #pragma once
@@ -70,6 +79,7 @@
 #include "kolos/dist/comm.h"
 #include "kolos/memory/chunk.h"
 #include "kolos/memory/chunk_search.h"
+#include "kolos/memory/tiers.h"
 #include "kolos/optim/optimizer.h"
 
 namespace torch::autograd {
@@ -98,6 +108,10 @@ class ChunkManager {
     int64_t buffer_cache_bytes = -1;
     // Reductions in flight before the oldest is waited for (bounds gradient-buffer memory). >= 1.
     int max_pending_reductions = 4;
+    // Parameter offload (see above): at least this fraction (in [0, 1]) of the shard elements, as whole trailing
+    // chunks, lives on `tier` (not owned; outlives the manager). 0: none.
+    double offload_fraction = 0;
+    TierStore* tier = nullptr;
   };
 
   // Packs `params` (blocks non-decreasing, in registration = forward order) into chunks, allocates this rank's
@@ -125,8 +139,14 @@ class ChunkManager {
   const std::string& param_name(int i) const { return params_[i].name; }
 
   // --- Shards (what the optimizer updates) ---
-  // This rank's shard of every chunk, concatenated in chunk order: fp32, contiguous, Σ capacity / n elements.
+  // This rank's shard of every chunk, concatenated in chunk order: fp32, contiguous, Σ capacity / n elements
+  // (shard_numel()) — with parameter offload, shard_params() holds only the resident head of that layout (the
+  // offloaded chunks' shards are offloaded_shards()); shard_grads() always holds all of it.
   const at::Tensor& shard_params() const { return shard_params_; }
+  int64_t shard_numel() const { return shard_grads_.numel(); }
+  const std::vector<TierShard>& offloaded_shards() const { return offloaded_; }
+  // Bytes of offloaded shards read back and resident now (waiting for or done with their gathers).
+  int64_t fetched_shard_bytes() const;
   const at::Tensor& shard_grads() const { return shard_grads_; }
   // One optimizer piece per (parameter ∩ this rank's shard), tensor = parameter index, offsets into
   // shard_params/shard_grads (equal); `weight_decay` and `adapt` per parameter (empty: 0 and true). Padding is not
@@ -164,6 +184,13 @@ class ChunkManager {
   void check_block(int block, const char* what) const;
   void gather_block(int block, dist::Phase phase);
   void release_chunk(Chunk& c);
+  // Parameter offload: chunk c's shard (index into offloaded_ via tier_index): start reading it back, wait for it,
+  // free it. No-ops for resident chunks and as the state requires.
+  int tier_index(int c) const { return c - first_offloaded_; }
+  void fetch_shard(int c);
+  void wait_shard(int c);
+  void evict_shard(int c);
+  void fetch_block(int block);
   void on_grad_ready(int param);
   void launch_ready_reductions();
   void wait_oldest_reduction();
@@ -180,6 +207,12 @@ class ChunkManager {
   std::vector<std::pair<int, int>> param_place_;  // per parameter: (chunk, tensor index in the chunk)
   at::Tensor shard_params_, shard_grads_;
   std::vector<int64_t> shard_offset_;  // per chunk: where its shard lies in the flat shard buffers
+  // Parameter offload: chunks [first_offloaded_, num_chunks()) have their shard on options_.tier.
+  int first_offloaded_ = 0;
+  std::vector<TierShard> offloaded_;
+  std::vector<c10::Storage> tier_storage_;   // per offloaded chunk: its shard's storage (nbytes 0 when evicted)
+  std::vector<AioTicket> tier_reads_;        // per offloaded chunk: the read in flight (0: none)
+  std::vector<bool> tier_resident_;          // per offloaded chunk: its storage holds (or is receiving) the shard
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep the hooked AccumulateGrad nodes alive
 
   std::vector<bool> done_;         // per chunk: every gradient of this backward arrived (reduction due)

@@ -14,13 +14,13 @@ class AdamW : public Optimizer {
   AdamW(const OptimConfig& config, OptimizerBuffers buffers);
 
   const char* name() const override { return "adamw"; }
-  void step(double lr, double grad_scale) override;
+  bool elementwise() const override { return true; }
+
+ protected:
+  void update_spans(double lr, double grad_scale, const std::vector<Span>& spans) override;
 
  private:
   OptimConfig config_;
-  // The pieces with contiguous neighbours of equal weight decay merged (the kernel sees long runs; tensors do not
-  // matter to an element-wise rule).
-  std::vector<Piece> runs_;
 };
 
 }  // namespace kolos::optim

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kolos/core/error.h"
+
 namespace kolos::optim {
 
 namespace {
@@ -20,6 +22,8 @@ inline float direction(float m, float v, float x, float wd, const Constants& c) 
 }  // namespace
 
 LAMB::LAMB(const OptimConfig& config, OptimizerBuffers buffers) : Optimizer(std::move(buffers)), config_(config) {
+  KOLOS_ASSERT(buf_.resident_state == buf_.state_numel && buf_.resident_params == buf_.params.numel(),
+               "lamb: whole-tensor norms cannot be streamed (offload is refused for it at validation)");
   add_state("exp_avg");
   add_state("exp_avg_sq");
 }

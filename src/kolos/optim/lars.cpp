@@ -2,11 +2,14 @@
 
 #include <cmath>
 
+#include "kolos/core/error.h"
 #include "kolos/optim/norm.h"
 
 namespace kolos::optim {
 
 LARS::LARS(const OptimConfig& config, OptimizerBuffers buffers) : Optimizer(std::move(buffers)), config_(config) {
+  KOLOS_ASSERT(buf_.resident_state == buf_.state_numel && buf_.resident_params == buf_.params.numel(),
+               "lars: whole-tensor norms cannot be streamed (offload is refused for it at validation)");
   if (config_.momentum != 0) add_state("momentum");
 }
 

@@ -32,16 +32,90 @@ Optimizer::Optimizer(OptimizerBuffers buffers) : buf_(std::move(buffers)) {
   KOLOS_ASSERT(p.dim() == 1 && g.dim() == 1 && p.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat &&
                    p.is_contiguous() && g.is_contiguous(),
                "optimizers need contiguous flat fp32 buffers");
+  if (buf_.resident_state < 0) buf_.resident_state = buf_.state_numel;
+  if (buf_.resident_params < 0) buf_.resident_params = p.numel();
+  KOLOS_ASSERT(buf_.resident_state <= buf_.state_numel && buf_.resident_params <= p.numel(),
+               "resident ranges beyond the buffers");
   for (const auto& r : buf_.pieces)
-    KOLOS_ASSERT(r.numel >= 0 && r.param_offset >= 0 && r.param_offset + r.numel <= p.numel() && r.grad_offset >= 0 &&
+    KOLOS_ASSERT(r.numel >= 0 && r.param_offset >= 0 &&
+                     (r.param_offset + r.numel <= buf_.resident_params ||
+                      (r.param_offset == r.state_offset && r.param_offset >= buf_.resident_params)) &&
+                     r.grad_offset >= 0 &&
                      r.grad_offset + r.numel <= g.numel() && r.state_offset >= 0 &&
                      r.state_offset + r.numel <= buf_.state_numel && r.tensor >= 0 && r.tensor < buf_.num_tensors,
                  "optimizer piece out of its buffers (tensor {} of {})", r.tensor, buf_.num_tensors);
 }
 
 at::Tensor& Optimizer::add_state(const std::string& name) {
-  state_.emplace_back(name, at::zeros({buf_.state_numel}, at::kFloat));
+  KOLOS_ASSERT(state_.size() < 2, "at most two state buffers (Span::state)");
+  state_.emplace_back(name, at::zeros({buf_.resident_state}, at::kFloat));
   return state_.back().second;
+}
+
+void Optimizer::step(double lr, double grad_scale) {
+  KOLOS_ASSERT(elementwise(), "{}: step() must be overridden", name());
+  KOLOS_ASSERT(buf_.resident_state == buf_.state_numel && buf_.resident_params == buf_.params.numel(),
+               "{}: part of the state or parameters is offloaded: stream the step (memory/offload.h)", name());
+  begin_step();
+  update(lr, grad_scale, resident_window(0, buf_.state_numel));
+}
+
+StepWindow Optimizer::resident_window(int64_t begin, int64_t end) {
+  StepWindow w;
+  w.begin = begin;
+  w.end = end;
+  for (auto& s : state_) w.state.push_back(s.second.data_ptr<float>() + begin);
+  return w;
+}
+
+void Optimizer::update(double lr, double grad_scale, const StepWindow& window) {
+  KOLOS_ASSERT(elementwise(), "{}: not an element-wise rule, it cannot be streamed", name());
+  KOLOS_ASSERT(window.begin >= 0 && window.begin <= window.end && window.end <= buf_.state_numel &&
+                   window.state.size() == state_.size(),
+               "{}: window [{}, {}) with {} state pointers, state [0, {}) with {} buffers", name(), window.begin,
+               window.end, window.state.size(), buf_.state_numel, state_.size());
+  update_spans(lr, grad_scale, spans(window));
+}
+
+void Optimizer::update_spans(double, double, const std::vector<Span>&) {
+  throw std::logic_error(std::string(name()) + ": update_spans of a rule that is not element-wise");
+}
+
+std::vector<Optimizer::Span> Optimizer::spans(const StepWindow& w) const {
+  std::vector<Span> out;
+  float* params = buf_.params.data_ptr<float>();
+  const float* grads = buf_.grads.data_ptr<float>();
+  for (const auto& r : buf_.pieces) {
+    const int64_t lo = std::max(w.begin, r.state_offset), hi = std::min(w.end, r.state_offset + r.numel);
+    if (lo >= hi) continue;
+    const int64_t skip = lo - r.state_offset;
+    Span s;
+    if (w.params) {
+      KOLOS_ASSERT(r.param_offset == r.state_offset, "{}: window parameters for a piece with param_offset {} != "
+                   "state_offset {}", name(), r.param_offset, r.state_offset);
+      s.params = w.params + (lo - w.begin);
+    } else {
+      KOLOS_ASSERT(r.param_offset + skip + (hi - lo) <= buf_.resident_params,
+                   "{}: window [{}, {}) reaches offloaded parameters without window parameters", name(), w.begin, w.end);
+      s.params = params + r.param_offset + skip;
+    }
+    s.grads = grads + r.grad_offset + skip;
+    for (size_t k = 0; k < w.state.size(); ++k) s.state[k] = w.state[k] + (lo - w.begin);
+    s.numel = hi - lo;
+    s.weight_decay = r.weight_decay;
+    if (!out.empty()) {
+      Span& last = out.back();
+      bool contiguous = last.weight_decay == s.weight_decay && last.params + last.numel == s.params &&
+                        last.grads + last.numel == s.grads;
+      for (size_t k = 0; k < w.state.size(); ++k) contiguous = contiguous && last.state[k] + last.numel == s.state[k];
+      if (contiguous) {
+        last.numel += s.numel;
+        continue;
+      }
+    }
+    out.push_back(s);
+  }
+  return out;
 }
 
 int64_t Optimizer::state_numel() const {

@@ -15,6 +15,14 @@
 //
 // The gradient scale (clipping factor, later 1/loss scale) is applied while reading, so gradients are never
 // rewritten. Not thread-safe; step() is collective over the reducers' groups when the rule uses norms.
+//
+// Streamed steps (memory/offload.h). The element-wise rules (elementwise() true: adamw, sgd, lion) can update their
+// elements window by window: begin_step() counts the step once, then update() is called with StepWindows that
+// cover the state range [0, state_numel) once each, in any order. A window names a range of state offsets and
+// where the state values of that range are (and, optionally, the parameter values), so the caller may keep part of
+// the state — and part of the parameters — elsewhere (OptimizerBuffers::resident_state, resident_params): the
+// optimizer then allocates its state buffers for the resident head only. Every element goes through the same code
+// whichever window holds it, so a streamed step is bit-identical to step().
 #pragma once
 
 #include <cstdint>
@@ -64,6 +72,21 @@ struct OptimizerBuffers {
   std::vector<Piece> pieces;
   int64_t num_tensors = 0;   // parameter tensors of the whole model (the same on every rank)
   std::vector<NormReducer> norm_reducers;  // empty: this rank holds whole tensors
+  // Offload (see "Streamed steps" above); -1: everything resident. The state buffers hold the state offsets
+  // [0, resident_state); `params` holds the parameter offsets [0, resident_params) (pieces beyond it are legal only
+  // in the streamed range and get their parameters from the windows). Element-wise rules only.
+  int64_t resident_state = -1;
+  int64_t resident_params = -1;
+};
+
+// One window of a streamed step: the state offsets [begin, end), state[k] the values of state buffer k (the order
+// of state()) for them — offset s at state[k][s − begin] — and, when `params` is not null, the parameters of the
+// pieces in the window: the parameter of state offset s at params[s − begin] (such pieces must have
+// param_offset == state_offset, as ZeRO-3's shards do). Null params: the parameter buffer (resident).
+struct StepWindow {
+  int64_t begin = 0, end = 0;
+  std::vector<float*> state;
+  float* params = nullptr;
 };
 
 class Optimizer {
@@ -74,15 +97,30 @@ class Optimizer {
 
   // optim.name of the rule.
   virtual const char* name() const = 0;
-  // One update with learning rate `lr`; every gradient is multiplied by grad_scale first.
-  virtual void step(double lr, double grad_scale) = 0;
+  // One update with learning rate `lr`; every gradient is multiplied by grad_scale first. Element-wise rules: the
+  // whole resident range (everything must be resident). LARS and LAMB override it.
+  virtual void step(double lr, double grad_scale);
+
+  // Streamed steps (see the header comment). Whether the rule updates each element on its own (adamw, sgd, lion).
+  virtual bool elementwise() const { return false; }
+  // Counts one step (the bias corrections of adamw depend on it); then update() over windows covering the range.
+  void begin_step() { ++step_count_; }
+  // Updates the pieces' elements whose state offsets lie in the window, with this step's learning rate and
+  // gradient scale. KOLOS_ASSERT for a rule that is not element-wise or a window outside the buffers.
+  void update(double lr, double grad_scale, const StepWindow& window);
+  // The window over the resident state offsets [begin, end) (state and parameters from the buffers).
+  StepWindow resident_window(int64_t begin, int64_t end);
 
   int64_t step_count() const { return step_count_; }
   void set_step_count(int64_t steps) { step_count_ = steps; }
-  // The state buffers (state_numel fp32 elements each) by name, in a fixed order; empty for a stateless rule.
+  // The state buffers by name, in a fixed order; empty for a stateless rule. Each holds the resident state offsets
+  // [0, resident_state_numel()) — all of them (state_numel) unless offloading.
   const std::vector<std::pair<std::string, at::Tensor>>& state() const { return state_; }
-  // Elements of state held (all buffers).
+  // Elements of state held in memory here (all buffers).
   int64_t state_numel() const;
+  // Elements per state buffer: all of them, and those held by state() (the rest: by the caller, streamed).
+  int64_t buffer_numel() const { return buf_.state_numel; }
+  int64_t resident_state_numel() const { return buf_.resident_state; }
 
  protected:
   // Checks the buffers and pieces (KOLOS_ASSERT: the caller built them).
@@ -91,6 +129,21 @@ class Optimizer {
   at::Tensor& add_state(const std::string& name);
   // sums (2·num_tensors float64: [2t] and [2t+1] for tensor t) summed over every reducer.
   void reduce_norms(at::Tensor& sums) const;
+
+  // A run of consecutive elements of one window for an element-wise rule: numel elements at params, grads and
+  // state[k], one weight decay.
+  struct Span {
+    float* params = nullptr;
+    const float* grads = nullptr;
+    float* state[2] = {nullptr, nullptr};
+    int64_t numel = 0;
+    double weight_decay = 0;
+  };
+  // The pieces' elements inside `window` as spans, neighbours contiguous in every buffer with equal weight decay
+  // merged (long runs for the kernels; tensors do not matter to an element-wise rule).
+  std::vector<Span> spans(const StepWindow& window) const;
+  // An element-wise rule's update of the spans (with step_count() already counted).
+  virtual void update_spans(double lr, double grad_scale, const std::vector<Span>& spans);
 
   OptimizerBuffers buf_;
   int64_t step_count_ = 0;

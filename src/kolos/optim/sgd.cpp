@@ -7,16 +7,15 @@ SGD::SGD(const OptimConfig& config, OptimizerBuffers buffers)
   if (momentum_ != 0.0f) add_state("momentum");
 }
 
-void SGD::step(double lr_in, double grad_scale) {
-  ++step_count_;
+void SGD::update_spans(double lr_in, double grad_scale, const std::vector<Span>& spans) {
   const float lr = static_cast<float>(lr_in), s = static_cast<float>(grad_scale), mu = momentum_;
   const bool nesterov = nesterov_;
-  for (const auto& r : buf_.pieces) {
-    float* p = buf_.params.data_ptr<float>() + r.param_offset;
-    const float* g = buf_.grads.data_ptr<float>() + r.grad_offset;
-    float* b = state_.empty() ? nullptr : state_[0].second.data_ptr<float>() + r.state_offset;
-    const float wd = static_cast<float>(r.weight_decay);
-    parallel_blocks(r.numel, [=](int64_t begin, int64_t end) {
+  for (const auto& span : spans) {
+    float* p = span.params;
+    const float* g = span.grads;
+    float* b = state_.empty() ? nullptr : span.state[0];
+    const float wd = static_cast<float>(span.weight_decay);
+    parallel_blocks(span.numel, [=](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const float d = g[i] * s + wd * p[i];
         if (!b) {

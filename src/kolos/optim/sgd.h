@@ -17,7 +17,10 @@ class SGD : public Optimizer {
   SGD(const OptimConfig& config, OptimizerBuffers buffers);
 
   const char* name() const override { return "sgd"; }
-  void step(double lr, double grad_scale) override;
+  bool elementwise() const override { return true; }
+
+ protected:
+  void update_spans(double lr, double grad_scale, const std::vector<Span>& spans) override;
 
  private:
   float momentum_;

@@ -167,6 +167,7 @@ StepResult Trainer::train_step(int64_t step) {
   const int64_t accum = config_.train.grad_accum;
   auto& dp = *par_.data;
   model_->set_training(true);
+  const parallel::DataParallel::MemoryFigures tier_before = dp.memory_figures();
 
   // 1. Fetch this rank's micro-batches (the sampler fixes them from (seed, step, dp rank)).
   std::vector<data::Batch> micro;
@@ -280,6 +281,14 @@ StepResult Trainer::train_step(int64_t step) {
 
   // 6. Metrics.
   r.step_ms = step_timer.ms();
+  if ((r.offload = dp.offloading())) {
+    const parallel::DataParallel::MemoryFigures f = dp.memory_figures();
+    r.mem_compute = f.compute;
+    r.mem_host = f.host;
+    r.mem_nvme = f.nvme;
+    r.chunk_moves = f.moves - tier_before.moves;
+    r.io_bytes = f.io_bytes - tier_before.io_bytes;
+  }
   return r;
 }
 
@@ -671,6 +680,12 @@ nlohmann::json Trainer::train() {
                             {"mfu", peak_flops > 0 ? tps * fpt / peak_flops : 0.0},
                             {"peak_rss_mb", rss.item<double>() / 1048576.0},
                             {"comm", comm}};
+      if (r.offload) {  // rank 0's figures of this step
+        rec["mem_bytes"] = {{"compute", r.mem_compute}, {"host", r.mem_host}, {"nvme", r.mem_nvme}};
+        rec["chunk_moves"] = r.chunk_moves;
+        rec["io_bytes"] = r.io_bytes;
+        rec["io_gbps"] = static_cast<double>(r.io_bytes) / std::max(r.step_ms, 1e-6) / 1e6;
+      }
       if (scaler_) {
         rec["loss_scale"] = r.loss_scale;
         rec["skipped_steps"] = scaler_->skipped_steps();

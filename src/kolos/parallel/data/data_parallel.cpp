@@ -156,7 +156,50 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
   pieces_ = ob.pieces;
   grad_buffer_ = ob.grads;
   sequence_sliced_ = tp_ > 1 && plan.megatron_sp;
+  build_optimizer(std::move(ob));
+}
+
+void DataParallel::build_optimizer(optim::OptimizerBuffers ob) {
+  const auto& mc = config_.memory;
+  const std::vector<memory::TierShard> shards = chunks_ ? chunks_->offloaded_shards() : std::vector<memory::TierShard>{};
+  const double optim_frac = optim::state_buffers(config_.optim) > 0 ? mc.offload_optim_frac : 0.0;
+  const int64_t state_begin = memory::offload_begin(ob.state_numel, optim_frac, shards);
+  if (!tier_ && state_begin < ob.state_numel) tier_ = memory::TierStore::from_config(mc, rank_);
+  ob.resident_state = state_begin;
+  if (chunks_) ob.resident_params = chunks_->shard_params().numel();
   optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
+  if (tier_) streamed_ = std::make_unique<memory::StreamedStep>(*optimizer_, *tier_, state_begin, shards,
+                                                                memory::StreamedStep::Options{});
+}
+
+at::Tensor DataParallel::state_buffer(size_t k) {
+  return streamed_ ? streamed_->read_state(static_cast<int>(k)) : optimizer_->state().at(k).second;
+}
+
+void DataParallel::set_state_buffer(size_t k, const at::Tensor& values) {
+  if (streamed_) {
+    streamed_->write_state(static_cast<int>(k), values);
+    return;
+  }
+  at::Tensor dst = optimizer_->state().at(k).second;  // shares the optimizer's buffer
+  dst.copy_(values);
+}
+
+DataParallel::MemoryFigures DataParallel::memory_figures() const {
+  MemoryFigures f;
+  const auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * 4 : int64_t{0}; };
+  if (chunks_) {
+    f.compute = bytes(chunks_->shard_params()) + chunks_->fetched_shard_bytes() + bytes(chunks_->shard_grads());
+  } else {
+    f.compute = bytes(flat_params_) + bytes(flat_grads_) + bytes(grad_shard_);
+  }
+  f.compute += optimizer_->state_numel() * 4 + (streamed_ ? streamed_->staging_bytes() : 0);
+  if (tier_) {
+    (tier_->tier() == memory::Tier::kNvme ? f.nvme : f.host) = tier_->allocated_bytes();
+    f.moves = tier_->moves();
+    f.io_bytes = tier_->bytes_moved();
+  }
+  return f;
 }
 
 DataParallel::~DataParallel() {
@@ -262,6 +305,11 @@ void DataParallel::build_chunked() {
       pick = c;
   memory::ChunkManager::Options mo;
   mo.chunk_size = pick.chunk_size;
+  if (config_.memory.offload_param_frac > 0) {  // master shards on the tier (the optimizer streams them)
+    tier_ = memory::TierStore::from_config(config_.memory, rank_);
+    mo.offload_fraction = config_.memory.offload_param_frac;
+    mo.tier = tier_.get();
+  }
   const std::string tied = model_.tied_embedding();
   if (!tied.empty()) mo.keep_gathered.push_back(model_.param_block(tied));
   chunks_ = std::make_unique<memory::ChunkManager>(std::move(cps), mo, comm_);
@@ -314,7 +362,7 @@ void DataParallel::build_chunked() {
   });
   pieces_ = ob.pieces;
   grad_buffer_ = ob.grads;
-  optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
+  build_optimizer(std::move(ob));
 }
 
 std::vector<at::Tensor> DataParallel::gather_chunks(const at::Tensor& shard) {
@@ -549,7 +597,11 @@ double DataParallel::grad_norm() {
 }
 
 void DataParallel::optimizer_step(double lr, double grad_scale) {
-  optimizer_->step(lr, grad_scale);
+  if (streamed_) {
+    streamed_->step(lr, grad_scale);
+  } else {
+    optimizer_->step(lr, grad_scale);
+  }
   if (zero_ == 0 || zero_ == 3) return;  // zero 3: the next forward gathers the updated shards
   dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
   std::vector<dist::Handle> handles;
@@ -573,7 +625,7 @@ at::Tensor DataParallel::gather_flat(const at::Tensor& shard) {
 std::vector<std::pair<std::string, at::Tensor>> DataParallel::optimizer_state() {
   if (chunks_) {
     std::vector<std::vector<at::Tensor>> whole;  // per state buffer: the whole chunks
-    for (const auto& [kind, buffer] : optimizer_->state()) whole.push_back(gather_chunks(buffer));
+    for (size_t k = 0; k < optimizer_->state().size(); ++k) whole.push_back(gather_chunks(state_buffer(k)));
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (size_t i = 0; i < specs_.size(); ++i) {
       const auto& slot = chunks_->layout().slots[chunk_param_[i]];
@@ -584,7 +636,8 @@ std::vector<std::pair<std::string, at::Tensor>> DataParallel::optimizer_state() 
     return out;
   }
   std::vector<at::Tensor> flat;
-  for (const auto& [kind, buffer] : optimizer_->state()) flat.push_back(zero_ > 0 ? gather_flat(buffer) : buffer);
+  for (size_t k = 0; k < optimizer_->state().size(); ++k)
+    flat.push_back(zero_ > 0 ? gather_flat(state_buffer(k)) : state_buffer(k));
   // Parameter by parameter, its state buffers in the optimizer's order.
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (size_t i = 0; i < slots_.size(); ++i)
@@ -598,7 +651,9 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
                                         int64_t step_count) {
   std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
   const int64_t total = buckets_.empty() ? 0 : buckets_.back().offset + buckets_.back().numel;
-  for (const auto& [kind, dst] : optimizer_->state()) {
+  for (size_t k = 0; k < optimizer_->state().size(); ++k) {
+    const std::string kind = optimizer_->state()[k].first;
+    at::Tensor target = at::zeros({optimizer_->buffer_numel()}, at::kFloat);  // then set_state_buffer
     if (chunks_) {
       // Whole chunks from the whole tensors; this rank keeps its shard of each.
       std::vector<at::Tensor> whole;
@@ -615,11 +670,11 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
         const auto& slot = chunks_->layout().slots[chunk_param_[i]];
         whole[slot.chunk].narrow(0, slot.offset, slots_[i].numel).copy_(it->second.reshape({-1}));
       }
-      at::Tensor target = dst;  // shares the optimizer's buffer
       for (int c = 0; c < chunks_->num_chunks(); ++c) {
         const auto& ch = chunks_->chunk(c);
         target.narrow(0, chunk_shard_offset_[c], ch.shard_numel()).copy_(whole[c].narrow(0, ch.shard_begin(), ch.shard_numel()));
       }
+      set_state_buffer(k, target);
       continue;
     }
     at::Tensor full = at::zeros({total}, at::kFloat);
@@ -635,13 +690,13 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
                   fmt::join(spec.shape, "x"));
       full.narrow(0, s.offset, s.numel).copy_(nn::shard_param(it->second, spec, tp_, tp_rank_).reshape({-1}));
     }
-    at::Tensor target = dst;  // shares the optimizer's buffer
     if (zero_ == 0) {
       target.copy_(full);
     } else {
       for (const auto& b : buckets_)
         target.narrow(0, b.shard_offset, b.numel / dp_).copy_(full.narrow(0, chunk_offset(b), b.numel / dp_));
     }
+    set_state_buffer(k, target);
   }
   optimizer_->set_step_count(step_count);
 }

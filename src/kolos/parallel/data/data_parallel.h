@@ -41,6 +41,12 @@
 // A no-grad forward (evaluation, sampling) releases every chunk after the head. Every dp rank must run the same
 // forwards: the gathers are collective.
 //
+// Offload (memory.* static placement; memory/offload.h): memory.offload_optim_frac of this rank's optimizer state
+// (a tail of its state range, every state buffer) and, at ZeRO-3, memory.offload_param_frac of its master parameter
+// shard (whole trailing chunks, memory::ChunkManager) live on memory.offload_tier; the optimizer step is streamed
+// over them (bit-identical to the step without offload). Checkpoints read the offloaded state back and write it
+// out on load. Only the element-wise rules (adamw, sgd, lion) can be streamed (config validation refuses others).
+//
 // Every collective goes through the dp Comm (so the ledger counts it): phase "backward" for the gradient
 // reductions, "optimizer" for the norms and the parameter all-gather, "other" for checkpoint gathers.
 //
@@ -60,6 +66,8 @@
 #include "kolos/config/config.h"
 #include "kolos/dist/comm.h"
 #include "kolos/memory/chunk_manager.h"
+#include "kolos/memory/offload.h"
+#include "kolos/memory/tiers.h"
 #include "kolos/models/model.h"
 #include "kolos/optim/optimizer.h"
 #include "kolos/parallel/plan.h"
@@ -151,6 +159,16 @@ class DataParallel {
   const std::vector<Bucket>& buckets() const { return buckets_; }
   const std::vector<optim::FlatSlot>& slots() const { return slots_; }
   ShardReport report() const;
+  // Offload figures of this rank (metrics.jsonl): bytes of parameters, gradients and optimizer state held per tier —
+  // compute: the parameter and gradient buffers (ZeRO-3: the resident shards and the offloaded shards read back at
+  // the moment), the optimizer's resident state and the streaming buffers; host/nvme: the tier's regions — and the
+  // tier's counters since construction (requests, bytes moved).
+  struct MemoryFigures {
+    int64_t compute = 0, host = 0, nvme = 0;
+    int64_t moves = 0, io_bytes = 0;
+  };
+  bool offloading() const { return tier_ != nullptr; }
+  MemoryFigures memory_figures() const;
   // When backward first reached the first transformer block of the last armed micro-step (the earliest gradient
   // of a parameter named h.0.* or layers.0.*): for the overlap check. Clock::time_point{} if never.
   Clock::time_point first_block_ready() const { return first_block_ready_; }
@@ -172,6 +190,11 @@ class DataParallel {
   void build_layout(const std::vector<nn::ParamSpec>& specs);
   // zero = 3: the chunk manager, the model's block hooks and the optimizer on the shards (the constructor's rest).
   void build_chunked();
+  // The optimizer over `ob`, with the offloaded tail of its state (and ZeRO-3's offloaded shards) streamed.
+  void build_optimizer(optim::OptimizerBuffers ob);
+  // State buffer k of the optimizer as a whole (state_numel elements; the offloaded tail read back), and back.
+  at::Tensor state_buffer(size_t k);
+  void set_state_buffer(size_t k, const at::Tensor& values);
   // zero = 3: whole chunks (capacity elements each) <-> this rank's shards of them in a shard-sized buffer.
   std::vector<at::Tensor> gather_chunks(const at::Tensor& shard);
   void on_grad_ready(int param);
@@ -205,9 +228,11 @@ class DataParallel {
   at::Tensor half_grads_;   // fp16, zero 0 and 1: the buckets' reduction buffer (flat layout)
   bool inject_inf_ = false; // test hook
   int64_t shard_numel_ = 0;
+  std::unique_ptr<memory::TierStore> tier_;  // offload: memory.offload_tier (null: nothing offloaded)
   std::unique_ptr<optim::Optimizer> optimizer_;
   // zero = 3.
   std::unique_ptr<memory::ChunkManager> chunks_;
+  std::unique_ptr<memory::StreamedStep> streamed_;  // offload: the optimizer step over the offloaded tail
   std::vector<int> chunk_param_;  // per parameter (spec order): its index in the manager
   std::vector<int64_t> chunk_shard_offset_;  // per chunk: where its shard lies in the shard buffers
   int kept_chunks_ = 0;

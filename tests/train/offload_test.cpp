@@ -1,0 +1,322 @@
+// Static offload through the trainer (memory.*; memory/offload.h, parallel/data/data_parallel.h):
+//   parity   a small GPT-2 trained 20 steps with its optimizer state on nvme (and on host, and with sgd and lion)
+//            has bit-identical losses, parameters and optimizer state to the same run without offload; ZeRO-3 on
+//            two ranks (threads) with half the master parameters and optimizer state on nvme equals ZeRO-3
+//            without offload, bit for bit.
+//   resume   a run with offload stopped after 4 steps and resumed from its checkpoint equals a straight run
+//            without offload (the checkpoint reads the offloaded state back; the resume writes it out).
+//   metrics  metrics.jsonl carries mem_bytes, chunk_moves, io_bytes, io_gbps with offload, and not without.
+//   config   nvme without nvme_path, LARS/LAMB with offload, parameter offload without ZeRO-3 and
+//            placement = "auto" are exit-2 errors naming their keys.
+//   disk full  a 64 MiB tmpfs (mounted in a private mount namespace) holding the swap file and the run directory
+//            fills up at a checkpoint: exit 2, one error line naming the path, no swap file left behind, and the
+//            last complete checkpoint resumes in a normal directory.
+#include <gtest/gtest.h>
+
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "kolos/checkpoint/safetensors.h"
+#include "kolos/config/config.h"
+#include "kolos/core/error.h"
+#include "kolos/train/trainer.h"
+#include "tests/support.h"
+#include "tests/train/trainer_ranks.h"
+
+namespace kolos {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::string> small_sets(std::vector<std::string> extra) {
+  std::vector<std::string> sets = {"model.arch=gpt2", "model.layers=2", "model.hidden=32", "model.heads=4",
+                                   "model.kv_heads=4", "model.seq_len=16", "model.vocab=64", "data.synthetic=true",
+                                   "train.steps=20", "train.batch_size=4", "train.mfu=false", "train.threads=1",
+                                   "train.sample_tokens=0", "train.eval_every=0", "optim.warmup_steps=0",
+                                   "optim.schedule=constant", "optim.min_lr=1e-3", "optim.lr=1e-3",
+                                   "optim.weight_decay=0.1", "optim.grad_clip=1.0"};
+  sets.insert(sets.end(), extra.begin(), extra.end());
+  return sets;
+}
+
+train::RunOptions no_files() {
+  train::RunOptions o;
+  o.write_run_dir = false;
+  o.final_eval = false;
+  return o;
+}
+
+struct Trained {
+  std::vector<double> losses;
+  std::vector<at::Tensor> params;
+  std::vector<std::pair<std::string, at::Tensor>> optim;
+  std::vector<train::StepResult> steps;
+};
+
+Trained train_one(const std::vector<std::string>& sets, int steps = 20) {
+  train::Trainer t(load_config("tiny", sets), no_files());
+  Trained r;
+  for (int64_t s = 0; s < steps; ++s) {
+    r.steps.push_back(t.train_step(s));
+    r.losses.push_back(r.steps.back().loss);
+  }
+  for (const auto& [name, p] : t.model().params()) r.params.push_back(p.detach().clone());
+  r.optim = t.optimizer_state();
+  return r;
+}
+
+void expect_identical(const Trained& got, const Trained& want) {
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  for (size_t s = 0; s < want.losses.size(); ++s) EXPECT_EQ(got.losses[s], want.losses[s]) << "step " << s;
+  ASSERT_EQ(got.params.size(), want.params.size());
+  for (size_t i = 0; i < want.params.size(); ++i) EXPECT_TRUE(at::equal(got.params[i], want.params[i])) << "param " << i;
+  ASSERT_EQ(got.optim.size(), want.optim.size());
+  for (size_t i = 0; i < want.optim.size(); ++i) {
+    EXPECT_EQ(got.optim[i].first, want.optim[i].first);
+    EXPECT_TRUE(at::equal(got.optim[i].second, want.optim[i].second)) << want.optim[i].first;
+  }
+}
+
+TEST(Offload, OptimizerStateOnNvmeOrHostIsBitIdenticalToNoOffload) {
+  train::configure_threads(1);
+  test::TempDir dir("offload");
+  for (const char* rule : {"adamw", "sgd", "lion"}) {
+    SCOPED_TRACE(rule);
+    const std::vector<std::string> base = small_sets({std::string("optim.name=") + rule, "optim.momentum=0.9"});
+    const Trained plain = train_one(base);
+    auto with = [&](std::vector<std::string> extra) {
+      auto sets = base;
+      sets.insert(sets.end(), extra.begin(), extra.end());
+      return sets;
+    };
+    const Trained nvme = train_one(with({"memory.offload_tier=nvme", "memory.offload_optim_frac=0.6",
+                                     "memory.nvme_path=" + dir / "swap"}));
+    expect_identical(nvme, plain);
+    for (const auto& s : nvme.steps) {
+      ASSERT_TRUE(s.offload);
+      EXPECT_GT(s.mem_nvme, 0);
+      EXPECT_EQ(s.mem_host, 0);
+      EXPECT_GT(s.chunk_moves, 0);
+      EXPECT_GT(s.io_bytes, 0);
+    }
+    if (std::string(rule) == "adamw") {
+      const Trained host = train_one(with({"memory.offload_tier=host", "memory.offload_optim_frac=1"}));
+      expect_identical(host, plain);
+      EXPECT_GT(host.steps.back().mem_host, 0);
+      EXPECT_EQ(host.steps.back().mem_nvme, 0);
+      EXPECT_FALSE(plain.steps.back().offload);
+    }
+  }
+  // The swap files are gone with their trainers.
+  for (const auto& e : fs::directory_iterator(dir / "swap")) ADD_FAILURE() << "left behind: " << e.path();
+}
+
+TEST(Offload, ZeroThreeWithMasterParametersAndStateOnNvmeIsBitIdentical) {
+  train::configure_threads(1);
+  test::TempDir dir("offload");
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<double> losses;
+    std::vector<std::pair<std::string, at::Tensor>> optim;
+    std::vector<train::StepResult> steps;
+    auto sets = small_sets({"parallel.zero=3", "train.batch_size=2"});
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    test::run_trainer_ranks(
+        2, sets, [](int) { return no_files(); },
+        [&](train::Trainer& t, int rank) {
+          for (int64_t s = 0; s < 20; ++s) {
+            const train::StepResult r = t.train_step(s);
+            if (rank == 0) {
+              losses.push_back(r.loss);
+              steps.push_back(r);
+            }
+          }
+          auto state = t.optimizer_state();  // collective: whole tensors on every rank
+          if (rank == 0) optim = std::move(state);
+        });
+    return std::make_tuple(losses, optim, steps);
+  };
+  const auto [plain_losses, plain_optim, plain_steps] = run({});
+  const auto [losses, optim, steps] =
+      run({"memory.offload_tier=nvme", "memory.offload_param_frac=0.5", "memory.offload_optim_frac=0.7",
+           "memory.nvme_path=" + dir / "swap"});
+  ASSERT_EQ(losses.size(), plain_losses.size());
+  for (size_t s = 0; s < losses.size(); ++s) EXPECT_EQ(losses[s], plain_losses[s]) << "step " << s;
+  ASSERT_EQ(optim.size(), plain_optim.size());
+  for (size_t i = 0; i < optim.size(); ++i)
+    EXPECT_TRUE(at::equal(optim[i].second, plain_optim[i].second)) << optim[i].first;
+  // Parameters are read back for the gathers of forward and backward and written by the optimizer every step.
+  for (const auto& s : steps) {
+    EXPECT_GT(s.mem_nvme, 0);
+    EXPECT_GT(s.chunk_moves, 0);
+  }
+}
+
+std::vector<nlohmann::json> metrics(const std::string& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(run + "/metrics.jsonl");
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+TEST(Offload, ResumedOffloadRunEqualsAStraightRunAndLogsItsTiers) {
+  train::configure_threads(1);
+  test::TempDir dir("offload");
+  auto options = [&](const std::string& out, int64_t stop_after, bool resume) {
+    train::RunOptions o;
+    o.out_dir = out;
+    o.stop_after = stop_after;
+    o.resume = resume;
+    o.final_eval = false;
+    return o;
+  };
+  const auto base = small_sets({"train.steps=8", "train.save_every=4", "train.log_every=1"});
+  auto offload = base;
+  for (const std::string s : {"memory.offload_tier=nvme", "memory.offload_optim_frac=0.5"}) offload.push_back(s);
+  offload.push_back("memory.nvme_path=" + dir / "swap");
+  train::Trainer(load_config("tiny", base), options(dir / "a", 0, false)).train();
+  train::Trainer(load_config("tiny", offload), options(dir / "b", 4, false)).train();
+  train::Trainer(load_config("tiny", offload), options(dir / "b", 0, true)).train();
+
+  for (const char* file : {"model.safetensors", "optim.safetensors"}) {
+    auto a = checkpoint::load_safetensors(dir / "a/checkpoints/step_8/" + file);
+    auto b = checkpoint::load_safetensors(dir / "b/checkpoints/step_8/" + file);
+    ASSERT_EQ(a.size(), b.size()) << file;
+    for (const auto& [name, t] : a) EXPECT_TRUE(at::equal(t, b.at(name))) << file << " " << name;
+  }
+  const auto ma = metrics(dir / "a"), mb = metrics(dir / "b");
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    if (!ma[i].contains("loss")) continue;
+    EXPECT_EQ(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>()) << i;
+    EXPECT_FALSE(ma[i].contains("mem_bytes"));
+    ASSERT_TRUE(mb[i].contains("mem_bytes")) << mb[i].dump();
+    EXPECT_GT(mb[i]["mem_bytes"]["compute"].get<int64_t>(), 0);
+    EXPECT_GT(mb[i]["mem_bytes"]["nvme"].get<int64_t>(), 0);
+    EXPECT_EQ(mb[i]["mem_bytes"]["host"].get<int64_t>(), 0);
+    EXPECT_GT(mb[i]["chunk_moves"].get<int64_t>(), 0);
+    EXPECT_GT(mb[i]["io_bytes"].get<int64_t>(), 0);
+    EXPECT_GT(mb[i]["io_gbps"].get<double>(), 0);
+  }
+}
+
+std::string input_error(const std::vector<std::string>& sets, int world = 1) {
+  try {
+    Config c = load_config("tiny", small_sets(sets), world);
+    train::Trainer t(c, no_files());
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(Offload, BadSettingsAreInputErrorsNamingTheirKeys) {
+  EXPECT_NE(input_error({"memory.offload_tier=nvme", "memory.offload_optim_frac=0.5"}).find("memory.nvme_path"),
+            std::string::npos);
+  for (const char* rule : {"lars", "lamb"}) {
+    const std::string e = input_error({std::string("optim.name=") + rule, "memory.offload_optim_frac=0.5"});
+    EXPECT_NE(e.find("memory.offload_optim_frac"), std::string::npos) << e;
+    EXPECT_NE(e.find(rule), std::string::npos) << e;
+  }
+  const std::string e = input_error({"memory.offload_param_frac=0.5"});
+  EXPECT_NE(e.find("memory.offload_param_frac"), std::string::npos) << e;
+  EXPECT_NE(e.find("parallel.zero = 3"), std::string::npos) << e;
+  EXPECT_NE(input_error({"memory.placement=auto"}).find("memory.placement"), std::string::npos);
+}
+
+// The child's part of DiskFullAtACheckpoint, with the 64 MiB tmpfs mounted at `tmpfs`: returns "" when every check
+// holds, else what failed.
+std::string fill_tmpfs(const std::string& tmpfs, const std::string& copy) {
+  std::string failures;
+  // 1.65M parameters: checkpoints of about 20 MB (parameters and AdamW's two moments) and a 13 MB swap file for
+  // the optimizer state: the third checkpoint does not fit.
+  const std::vector<std::string> args = {
+      "train", "--config", "parity", "--set", "model.layers=2", "--set", "model.hidden=256", "--set",
+      "model.ffn_hidden=1024", "--set", "train.steps=10", "--set", "train.save_every=1", "--set", "train.mfu=false",
+      "--set", "train.threads=1", "--set", "memory.offload_tier=nvme", "--set", "memory.offload_optim_frac=1",
+      "--set", "memory.nvme_path=" + tmpfs + "/swap", "--out", tmpfs + "/run"};
+  const test::RunResult r = test::run_kolos(args);
+  if (r.exit_code != 2) failures += "exit code " + std::to_string(r.exit_code) + " (expected 2); ";
+  int error_lines = 0;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("error") == std::string::npos) continue;
+    ++error_lines;
+    if (line.find(tmpfs) == std::string::npos) failures += "the error names no path on the tmpfs: " + line + "; ";
+  }
+  if (error_lines != 1) failures += std::to_string(error_lines) + " error lines; ";
+  for (const auto& e : fs::directory_iterator(tmpfs + "/swap")) failures += "left behind: " + e.path().string() + "; ";
+  std::ifstream latest(tmpfs + "/run/checkpoints/latest");
+  std::string name;
+  latest >> name;
+  if (name.empty()) failures += "no complete checkpoint before the disk filled; ";
+  // The run directory (its complete checkpoints) into a normal directory, before the tmpfs goes with this process.
+  std::error_code ec;
+  fs::copy(tmpfs + "/run", copy, fs::copy_options::recursive, ec);
+  if (ec) failures += "copy: " + ec.message() + "; ";
+  if (!failures.empty()) failures += "output: " + r.output;
+  return failures;
+}
+
+TEST(Offload, DiskFullAtACheckpointIsExitTwoAndTheLastCheckpointResumes) {
+  test::TempDir dir("offload");
+  const std::string tmpfs = dir / "tmpfs", copy = dir / "copy";
+  fs::create_directories(tmpfs);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::string report;
+    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("tmpfs", tmpfs.c_str(), "tmpfs", 0, "size=64m") != 0) {
+      report = std::string("skip: cannot mount a tmpfs here: ") + std::strerror(errno);
+    } else {
+      try {
+        report = fill_tmpfs(tmpfs, copy);
+      } catch (const std::exception& e) {
+        report = std::string("threw: ") + e.what();
+      }
+    }
+    (void)!::write(pipe_fds[1], report.data(), report.size());
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  std::string report;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(pipe_fds[0], buffer, sizeof(buffer))) > 0;) report.append(buffer, n);
+  ::close(pipe_fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
+  if (report.rfind("skip: ", 0) == 0) GTEST_SKIP() << report.substr(6) << " (needs root)";
+  ASSERT_EQ(report, "");
+
+  // The last complete checkpoint resumes (with the offload in a normal directory) and trains one more step.
+  std::ifstream latest(copy + "/checkpoints/latest");
+  std::string name;
+  latest >> name;
+  ASSERT_EQ(name.rfind("step_", 0), 0u) << name;
+  const int64_t step = std::stoll(name.substr(5));
+  const test::RunResult r = test::run_kolos(
+      {"train", "--config", "parity", "--set", "model.layers=2", "--set", "model.hidden=256", "--set",
+       "model.ffn_hidden=1024", "--set", "train.steps=" + std::to_string(step + 1), "--set", "train.save_every=1",
+       "--set", "train.mfu=false", "--set", "train.threads=1", "--set", "memory.offload_tier=nvme", "--set",
+       "memory.offload_optim_frac=1", "--set", "memory.nvme_path=" + dir / "swap", "--out", copy, "--resume"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(copy + "/checkpoints/step_" + std::to_string(step + 1) + "/optim.safetensors"));
+}
+
+}  // namespace
+}  // namespace kolos
