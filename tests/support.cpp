@@ -1,11 +1,15 @@
 #include "tests/support.h"
 
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -69,5 +73,36 @@ bool have_python_torch() {
 }
 
 std::string default_data_dir() { return std::string(KOLOS_SOURCE_DIR) + "/.cache/data/moby-dick-byte"; }
+
+std::string in_private_tmpfs(const std::string& dir, const std::string& size, const std::function<std::string()>& body) {
+  int pipe_fds[2];
+  if (::pipe(pipe_fds) != 0) return std::string("threw: pipe: ") + std::strerror(errno);
+  const pid_t child = ::fork();
+  if (child < 0) return std::string("threw: fork: ") + std::strerror(errno);
+  if (child == 0) {
+    std::string report;
+    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("tmpfs", dir.c_str(), "tmpfs", 0, ("size=" + size).c_str()) != 0) {
+      report = std::string("skip: cannot mount a tmpfs here: ") + std::strerror(errno);
+    } else {
+      try {
+        report = body();
+      } catch (const std::exception& e) {
+        report = std::string("threw: ") + e.what();
+      }
+    }
+    (void)!::write(pipe_fds[1], report.data(), report.size());
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  std::string report;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(pipe_fds[0], buffer, sizeof(buffer))) > 0;) report.append(buffer, n);
+  ::close(pipe_fds[0]);
+  int status = 0;
+  if (::waitpid(child, &status, 0) != child) return "threw: waitpid failed";
+  if (!WIFEXITED(status)) return "threw: the child died with signal " + std::to_string(WTERMSIG(status));
+  return report;
+}
 
 }  // namespace kolos::test

@@ -1,6 +1,7 @@
 // Helpers shared by the tests: running the kolos binary, temporary directories, reference-Python calls.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,12 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Runs body() in a child process that has mounted a tmpfs of `size` (a mount option value, "64m") at `dir` in a
+// mount namespace of its own (needs root or CAP_SYS_ADMIN), so the mount disappears with the child however it
+// ends. Returns body's report ("" = all well; an exception it throws becomes "threw: ..."), or "skip: <why>" when
+// the tmpfs cannot be mounted here. `dir` must exist.
+std::string in_private_tmpfs(const std::string& dir, const std::string& size, const std::function<std::string()>& body);
 
 // The last line of `text` that parses as a JSON object, or "" when none does.
 std::string last_json_line(const std::string& text);

@@ -324,33 +324,7 @@ TEST(Aio, DiskFullOnATinyTmpfs) {
   test::TempDir dir("aio");
   const std::string nvme = dir / "tmpfs";
   std::filesystem::create_directories(nvme);
-  int pipe_fds[2];
-  ASSERT_EQ(::pipe(pipe_fds), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    std::string report;
-    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
-        ::mount("tmpfs", nvme.c_str(), "tmpfs", 0, "size=1048576") != 0) {
-      report = std::string("skip: cannot mount a tmpfs here: ") + std::strerror(errno);
-    } else {
-      try {
-        report = check_tiny_tmpfs(nvme);
-      } catch (const std::exception& e) {
-        report = std::string("threw: ") + e.what();
-      }
-    }
-    (void)!::write(pipe_fds[1], report.data(), report.size());
-    ::_exit(0);
-  }
-  ::close(pipe_fds[1]);
-  std::string report;
-  char buffer[4096];
-  for (ssize_t n; (n = ::read(pipe_fds[0], buffer, sizeof(buffer))) > 0;) report.append(buffer, n);
-  ::close(pipe_fds[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
+  const std::string report = test::in_private_tmpfs(nvme, "1048576", [&] { return check_tiny_tmpfs(nvme); });
   if (report.rfind("skip: ", 0) == 0) GTEST_SKIP() << report.substr(6) << " (needs root)";
   EXPECT_EQ(report, "");
 }

@@ -201,12 +201,7 @@ Config trainer_config(const std::string& arch, const std::string& checkpointing)
                               "train.activation_checkpointing=" + checkpointing});
 }
 
-train::RunOptions no_files() {
-  train::RunOptions o;
-  o.write_run_dir = false;
-  o.final_eval = false;
-  return o;
-}
+train::RunOptions no_files() { return train::RunOptions::in_memory(); }
 
 TEST(Recompute, SpecNamesTheBlocks) {
   train::configure_threads(1);

@@ -43,12 +43,7 @@ std::vector<std::string> small_sets(std::vector<std::string> extra) {
   return sets;
 }
 
-train::RunOptions no_files() {
-  train::RunOptions o;
-  o.write_run_dir = false;
-  o.final_eval = false;
-  return o;
-}
+train::RunOptions no_files() { return train::RunOptions::in_memory(); }
 
 std::vector<at::Tensor> snapshot(train::Trainer& t) {
   std::vector<at::Tensor> out;

@@ -49,12 +49,7 @@ std::vector<std::string> small_sets(std::vector<std::string> extra) {
   return sets;
 }
 
-train::RunOptions no_files() {
-  train::RunOptions o;
-  o.write_run_dir = false;
-  o.final_eval = false;
-  return o;
-}
+train::RunOptions no_files() { return train::RunOptions::in_memory(); }
 
 struct Trained {
   std::vector<double> losses;
@@ -272,33 +267,7 @@ TEST(Offload, DiskFullAtACheckpointIsExitTwoAndTheLastCheckpointResumes) {
   test::TempDir dir("offload");
   const std::string tmpfs = dir / "tmpfs", copy = dir / "copy";
   fs::create_directories(tmpfs);
-  int pipe_fds[2];
-  ASSERT_EQ(::pipe(pipe_fds), 0);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    std::string report;
-    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
-        ::mount("tmpfs", tmpfs.c_str(), "tmpfs", 0, "size=64m") != 0) {
-      report = std::string("skip: cannot mount a tmpfs here: ") + std::strerror(errno);
-    } else {
-      try {
-        report = fill_tmpfs(tmpfs, copy);
-      } catch (const std::exception& e) {
-        report = std::string("threw: ") + e.what();
-      }
-    }
-    (void)!::write(pipe_fds[1], report.data(), report.size());
-    ::_exit(0);
-  }
-  ::close(pipe_fds[1]);
-  std::string report;
-  char buffer[4096];
-  for (ssize_t n; (n = ::read(pipe_fds[0], buffer, sizeof(buffer))) > 0;) report.append(buffer, n);
-  ::close(pipe_fds[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "child died with signal " << WTERMSIG(status);
+  const std::string report = test::in_private_tmpfs(tmpfs, "64m", [&] { return fill_tmpfs(tmpfs, copy); });
   if (report.rfind("skip: ", 0) == 0) GTEST_SKIP() << report.substr(6) << " (needs root)";
   ASSERT_EQ(report, "");
 

@@ -26,12 +26,7 @@ Config small_config(std::vector<std::string> extra) {
   return load_config("tiny", sets);
 }
 
-train::RunOptions no_files() {
-  train::RunOptions o;
-  o.write_run_dir = false;
-  o.final_eval = false;
-  return o;
-}
+train::RunOptions no_files() { return train::RunOptions::in_memory(); }
 
 double rel_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);

@@ -73,9 +73,7 @@ int bench_train_main(int argc, char** argv) {
   const dist::DistEnv env = dist::read_dist_env();
   Config config = load_config(config_name.empty() ? std::string("gpt2-small") : config_name, sets, env.world_size);
   config.train.steps = warmup + steps;
-  RunOptions options;
-  options.write_run_dir = false;
-  options.final_eval = false;
+  RunOptions options = RunOptions::in_memory();
 
   const int threads = configure_threads(config.train.threads, env.local_world_size);
   const bool rank0 = env.rank == 0;

@@ -54,6 +54,13 @@ struct RunOptions {
   int64_t stop_after = 0;               // > 0: stop (with a checkpoint) once this many steps are done
   bool write_run_dir = true;            // false for benchmarks: no files, no checkpoints
   bool final_eval = true;
+  // No run directory, no checkpoints, no final evaluation: benchmarks and tests that drive train_step.
+  static RunOptions in_memory() {
+    RunOptions o;
+    o.write_run_dir = false;
+    o.final_eval = false;
+    return o;
+  }
   // Test hook (tests/train/mixed_precision_test.cpp), not for training: at these steps (0-based) this rank writes
   // +inf into its local gradient before the reduction (DataParallel::inject_inf_for_test).
   std::vector<int64_t> test_inf_grad_steps;
