@@ -41,10 +41,10 @@ TEST(DataParallelParity, TwoRanksZero012WithAndWithoutAccumulation) {
 
 TEST(DataParallelParity, FourRanksZero012WithAndWithoutAccumulation) {
   test::TempDir dir("parity_dp4");
-  // Global batch 8 over 4 ranks: micro-batches of 2, or of 1 with accumulation.
-  auto j = verify("dp=4;dp=4,zero=1;dp=4,zero=2;dp=4,grad_accum=2;dp=4,zero=1,grad_accum=2;dp=4,zero=2,grad_accum=2",
-                  dir.path());
-  expect_all_ok(j, 6);
+  // Global batch 8 over 4 ranks: micro-batches of 2, or of 1 with accumulation (plain dp with accumulation is
+  // covered at dp = 2).
+  auto j = verify("dp=4;dp=4,zero=1;dp=4,zero=2;dp=4,zero=1,grad_accum=2;dp=4,zero=2,grad_accum=2", dir.path());
+  expect_all_ok(j, 5);
 }
 
 TEST(DataParallelParity, SmallBucketsAndLlamaToo) {
