@@ -90,7 +90,6 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
   max_held_ = 0;
   stash_.clear();
   stats_ = Stats{};
-  stats_.start = now_s();
   const auto& list = schedule_.instructions[stage_];
   stats_.begin_at.assign(list.size(), 0.0);
   stats_.end_at.assign(list.size(), 0.0);
@@ -119,8 +118,7 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
         begin_at = now_s();
         s.output = cb.forward(ins.micro, ins.chunk, s.input, u == last ? micro[ins.micro].target : at::Tensor());
         if (u == last) loss_sum += s.output.detach().item<double>();
-        stats_.end = end_at = now_s();
-        stats_.forward += end_at - begin_at;
+        end_at = now_s();
         max_held_ = std::max(max_held_, static_cast<int>(stash_.size()));
         stats_.activation_bytes = std::max(stats_.activation_bytes, cpu_live_bytes() - live_at_start);
         break;
@@ -155,8 +153,7 @@ double Executor::run(const std::vector<MicroBatch>& micro, const Callbacks& cb) 
                        to_string(ins));
           torch::autograd::backward({s.output}, {s.grad_out.to(s.output.scalar_type())});
         }
-        stats_.end = end_at = now_s();
-        stats_.backward += end_at - begin_at;
+        end_at = now_s();
         if (cb.after_backward) cb.after_backward(backwards, K);
         ++backwards;
         s.output = at::Tensor();

@@ -72,14 +72,12 @@ class Executor {
   // less those at the start of the run, at most over the run — the saved tensors and the stashed inputs and
   // outputs of the activation sets held (kolos/core/alloc_counter.h; 0 unless counting).
   struct Stats {
-    double start = 0, end = 0;        // run() entered; last computation finished
-    double forward = 0, backward = 0;  // time in Forward / Backward instructions
     int64_t activation_bytes = 0;
     // Per instruction of this stage's list, in order: when it began and ended. A computation: its callback's
-    // forward or backward alone (the time counted in `forward`/`backward`); a send: from its start to its return
-    // (issuing the message, letting go of what the stage no longer needs); a receive: from its start to the moment
-    // its message was taken in (waiting included); Reduce: its callback, after the sends completed. The
-    // simulator's costs and message latency come from these (pipeline_report in kolos/train/trainer.h).
+    // forward or backward alone; a send: from its start to its return (issuing the message, letting go of what the
+    // stage no longer needs); a receive: from its start to the moment its message was taken in (waiting included);
+    // Reduce: its callback, after the sends completed. The simulator's costs and message latency come from these
+    // (pipeline_report in kolos/train/trainer.h).
     std::vector<double> begin_at, end_at;
   };
   const Stats& stats() const { return stats_; }
