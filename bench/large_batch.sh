@@ -20,6 +20,9 @@
 #      PLOT (default bench/results/<date>-large-batch.png; needs Debian's python3-matplotlib, installed with apt-get
 #      when missing), and a JSON line last.
 #
+# WORK keeps every run (default: a new temporary directory); rerunning with the same WORK reuses the runs that
+# finished with the same arguments, so an interrupted benchmark resumes at the run it was in.
+#
 # Every run uses train.dtype = DTYPE (default bf16: fp32 master weights and optimizer state, 2–3× faster here; its
 # final validation loss on the tiny recipe is within 0.04% of fp32's, bench/results/2026-11-28-mixed-precision.md).
 # Step counts, not times, are the result, so the machine's load does not change it.
@@ -56,10 +59,15 @@ def train(name, recipe, sets):
     args = [kolos, "train", "--config", recipe, "--out", out] + common
     for kv in sets:
         args += ["--set", kv]
-    print(f"[{name}] {' '.join(args)}", file=sys.stderr, flush=True)
-    log = open(f"{work}/{name}.log", "w")
-    if subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-        sys.exit(f"{name} failed: see {work}/{name}.log")
+    done = f"{work}/{name}.done"  # holds the arguments of a finished run: a rerun with WORK reuses it
+    if os.path.exists(done) and open(done).read() == " ".join(args[1:]):
+        print(f"[{name}] finished before in {out}: reused", file=sys.stderr, flush=True)
+    else:
+        print(f"[{name}] {' '.join(args)}", file=sys.stderr, flush=True)
+        log = open(f"{work}/{name}.log", "w")
+        if subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            sys.exit(f"{name} failed: see {work}/{name}.log")
+        open(done, "w").write(" ".join(args[1:]))
     evals, tokens_per_step = [], None
     for line in open(f"{out}/metrics.jsonl"):
         r = json.loads(line)
