@@ -10,7 +10,7 @@
 #   2. The same one-process reference is trained again, unchanged but for the matrix-product kernels: Debian's
 #      OpenBLAS is built for every x86-64 core type and picks its kernels at start-up (or as OPENBLAS_CORETYPE in
 #      the environment says); OPENBLAS_CORETYPE=X makes it use core type X's kernels (CORETYPES, default Haswell,
-#      SkylakeX and Sandybridge: AVX2, AVX-512, AVX), which sum the same products in another order. Each run's log
+#      SkylakeX, Sandybridge, Nehalem, Prescott: AVX2, AVX-512, AVX, SSE4, SSE3), which sum the same products in another order. Each run's log
 #      shows the core type OpenBLAS used (OPENBLAS_VERBOSE=2); a variant whose kernels are the reference's own is
 #      left out. The reference is also trained a second time with its own kernels, to show that a run is
 #      bit-identical to itself.
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KOLOS=${KOLOS:-build/kolos}
 LAYOUTS=${LAYOUTS:-"tp=2;tp=4;tp=2,megatron_sp=true;sp=2,sp_mode=ring;sp=2,sp_mode=ulysses;pp=2,tp=2,grad_accum=2"}
-CORETYPES=${CORETYPES:-"Haswell SkylakeX Sandybridge"}
+CORETYPES=${CORETYPES:-"Haswell SkylakeX Sandybridge Nehalem Prescott"}
 TOLERANCE=${TOLERANCE:-1e-5}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$WORK"
