@@ -67,6 +67,11 @@ std::string last_json_line(const std::string& text) {
   return last;
 }
 
+double rel_diff(const at::Tensor& got, const at::Tensor& want) {
+  const double norm = want.norm().item<double>();
+  return (got - want).norm().item<double>() / (norm > 0 ? norm : 1.0);
+}
+
 bool have_python_torch() {
   static const bool ok = run_shell("/usr/bin/python3 -c 'import torch'").exit_code == 0;
   return ok;

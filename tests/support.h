@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
+
 namespace kolos::test {
 
 struct RunResult {
@@ -40,6 +42,9 @@ std::string last_json_line(const std::string& text);
 
 // True when /usr/bin/python3 can import torch (Debian's python3-torch), for reference comparisons.
 bool have_python_torch();
+
+// ‖got − want‖₂ / ‖want‖₂ (÷ 1 when want is zero): how far a parallel result is from the one-process one.
+double rel_diff(const at::Tensor& got, const at::Tensor& want);
 
 // The default demo token directory exists (prepared by `make data`).
 std::string default_data_dir();
