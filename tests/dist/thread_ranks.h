@@ -46,4 +46,24 @@ inline void run_thread_ranks(int n, const std::function<void(dist::Comm&, int)>&
     if (e) std::rethrow_exception(e);
 }
 
+// Runs `body(grid, rank)` on `n` tp thread ranks (axis "tp"), each with a grid of sub-groups built over its tp Comm
+// by `Grid::create(store, tp, options, extra...)` (Grid2d, Grid25d, Grid3d) from one shared store. The grids live
+// until every rank has finished, as the Comms do.
+template <typename Grid, typename... Extra>
+void run_grid_ranks(int n, const std::function<void(Grid&, int)>& body, Extra... extra) {
+  auto grid_store = c10::make_intrusive<c10d::HashStore>();
+  std::vector<std::unique_ptr<Grid>> grids(n);
+  run_thread_ranks(
+      n,
+      [&](dist::Comm& tp, int r) {
+        dist::Comm::Options options;
+        options.timeout = std::chrono::seconds(20);
+        options.hostname = "127.0.0.1";
+        grids[r] = Grid::create(grid_store, tp, extra..., options);
+        body(*grids[r], r);
+      },
+      std::chrono::seconds(20), 0, "tp");
+  grids.clear();
+}
+
 }  // namespace kolos::test

@@ -23,21 +23,8 @@ namespace {
 constexpr double kTol = 1e-10;  // fp64: only the order of the sums differs from one process
 using test::rel_diff;
 
-// body(grid, tp rank) on t thread ranks (tp axis "tp"), each with a Grid25d of depth d over its tp Comm.
 void run_grid(int t, int d, const std::function<void(Grid25d&, int)>& body) {
-  auto grid_store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::unique_ptr<Grid25d>> grids(t);
-  test::run_thread_ranks(
-      t,
-      [&](dist::Comm& tp, int r) {
-        dist::Comm::Options options;
-        options.timeout = std::chrono::seconds(20);
-        options.hostname = "127.0.0.1";
-        grids[r] = Grid25d::create(grid_store, tp, d, options);
-        body(*grids[r], r);
-      },
-      std::chrono::seconds(20), 0, "tp");
-  grids.clear();
+  test::run_grid_ranks<Grid25d>(t, body, d);
 }
 
 TEST(TensorParallel25d, GridPlacesLayersThenRowsAndColumns) {
