@@ -2,7 +2,8 @@
 //   parity   a small GPT-2 trained 20 steps with its optimizer state on nvme (and on host, and with sgd and lion)
 //            has bit-identical losses, parameters and optimizer state to the same run without offload; ZeRO-3 on
 //            two ranks (threads) with half the master parameters and optimizer state on nvme equals ZeRO-3
-//            without offload, bit for bit.
+//            without offload, bit for bit; ZeRO-3 in one process with its master parameters, gradients and
+//            optimizer state all on nvme equals one process without ZeRO or offload, bit for bit.
 //   resume   a run with offload stopped after 4 steps and resumed from its checkpoint equals a straight run
 //            without offload (the checkpoint reads the offloaded state back; the resume writes it out).
 //   metrics  metrics.jsonl carries mem_bytes, chunk_moves, io_bytes, io_gbps with offload, and not without.
@@ -156,6 +157,28 @@ TEST(Offload, ZeroThreeWithMasterParametersAndStateOnNvmeIsBitIdentical) {
   }
 }
 
+TEST(Offload, OneProcessZeroThreeWithEverythingOnNvmeIsBitIdenticalToNoOffload) {
+  train::configure_threads(1);
+  test::TempDir dir("offload");
+  const Trained plain = train_one(small_sets({}));
+  const Trained nvme =
+      train_one(small_sets({"parallel.zero=3", "memory.offload_tier=nvme", "memory.offload_param_frac=1",
+                            "memory.offload_grads=true", "memory.offload_optim_frac=1",
+                            "memory.nvme_path=" + dir / "swap"}));
+  expect_identical(nvme, plain);
+  // Every byte of parameters, gradients and optimizer state is on the tier (4 fp32 values per parameter), and each
+  // step moves at least the parameters (read for the gathers, written by the optimizer), the gradients (written,
+  // read) and the two moments (read, written): 4·8 bytes per parameter.
+  int64_t numel = 0;
+  for (const auto& p : plain.params) numel += p.numel();
+  for (const auto& s : nvme.steps) {
+    ASSERT_TRUE(s.offload);
+    EXPECT_GE(s.mem_nvme, 4 * 4 * numel);
+    EXPECT_GE(s.io_bytes, 4 * 8 * numel);
+  }
+  for (const auto& e : fs::directory_iterator(dir / "swap")) ADD_FAILURE() << "left behind: " << e.path();
+}
+
 std::vector<nlohmann::json> metrics(const std::string& run) {
   std::vector<nlohmann::json> out;
   std::ifstream f(run + "/metrics.jsonl");
@@ -226,6 +249,7 @@ TEST(Offload, BadSettingsAreInputErrorsNamingTheirKeys) {
   const std::string e = input_error({"memory.offload_param_frac=0.5"});
   EXPECT_NE(e.find("memory.offload_param_frac"), std::string::npos) << e;
   EXPECT_NE(e.find("parallel.zero = 3"), std::string::npos) << e;
+  EXPECT_NE(input_error({"memory.offload_grads=true"}).find("memory.offload_grads"), std::string::npos);
   EXPECT_NE(input_error({"memory.placement=auto"}).find("memory.placement"), std::string::npos);
 }
 
