@@ -298,8 +298,14 @@ int64_t ChunkManager::fetched_shard_bytes() const {
 }
 
 double ChunkManager::grad_sum_of_squares() const {
-  double sq = optim::sum_of_squares(shard_grads_);
-  for (double s : grad_sq_) sq += s;
+  // Chunk by chunk in chunk order, whether a chunk's gradient is resident or was summed as it was written: the same
+  // sum with and without gradient offload, bit for bit.
+  double sq = 0;
+  for (int c = 0; c < num_chunks(); ++c) {
+    const int i = tier_index(c);
+    sq += i >= 0 && !grad_sq_.empty() ? grad_sq_[i]
+                                      : optim::sum_of_squares(shard_grads_.narrow(0, shard_offset_[c], chunks_[c]->shard_numel()));
+  }
   return sq;
 }
 

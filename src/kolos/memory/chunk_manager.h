@@ -161,8 +161,8 @@ class ChunkManager {
   // Bytes of offloaded shards read back and resident now (waiting for or done with their gathers).
   int64_t fetched_shard_bytes() const;
   const at::Tensor& shard_grads() const { return shard_grads_; }
-  // Σ g² over this rank's whole gradient shard (the resident part and the offloaded chunks' as last written), as
-  // optim::sum_of_squares computes it. After finish_backward.
+  // Σ g² over this rank's whole gradient shard: optim::sum_of_squares of each chunk's gradient shard (resident, or
+  // as last written to the tier), summed in chunk order. After finish_backward.
   double grad_sum_of_squares() const;
   // One optimizer piece per (parameter ∩ this rank's shard), tensor = parameter index, offsets into
   // shard_params/shard_grads (equal); `weight_decay` and `adapt` per parameter (empty: 0 and true). Padding is not
