@@ -2,7 +2,8 @@
 //   parity   a small GPT-2 trained 20 steps with its optimizer state on nvme (and on host, and with sgd and lion)
 //            has bit-identical losses, parameters and optimizer state to the same run without offload; ZeRO-3 on
 //            two ranks (threads) with half the master parameters and optimizer state on nvme equals ZeRO-3
-//            without offload, bit for bit.
+//            without offload, bit for bit; ZeRO-3 in one process with its master parameters, gradients and
+//            optimizer state all on nvme equals the same without offload, bit for bit.
 //   resume   a run with offload stopped after 4 steps and resumed from its checkpoint equals a straight run
 //            without offload (the checkpoint reads the offloaded state back; the resume writes it out).
 //   metrics  metrics.jsonl carries mem_bytes, chunk_moves, io_bytes, io_gbps with offload, and not without.
@@ -164,6 +165,51 @@ std::vector<nlohmann::json> metrics(const std::string& run) {
   return out;
 }
 
+// (ChunkZero3.OneRankMatchesPlainTraining compares one-process ZeRO-3 with plain training.)
+TEST(Offload, OneProcessZeroThreeWithEverythingOnNvmeIsBitIdenticalToNoOffload) {
+  train::configure_threads(1);
+  test::TempDir dir("offload");
+  auto options = [&](const std::string& out) {
+    train::RunOptions o;
+    o.out_dir = out;
+    o.final_eval = false;
+    return o;
+  };
+  const auto base = small_sets({"train.log_every=1", "train.save_every=0", "parallel.zero=3"});
+  auto offload = base;
+  for (const std::string s : {"memory.offload_tier=nvme", "memory.offload_param_frac=1", "memory.offload_grads=true",
+                              "memory.offload_optim_frac=1"})
+    offload.push_back(s);
+  offload.push_back("memory.nvme_path=" + dir / "swap");
+  train::Trainer(load_config("tiny", base), options(dir / "plain")).train();
+  train::Trainer(load_config("tiny", offload), options(dir / "nvme")).train();
+
+  // The final checkpoints (whole parameters and optimizer state) and every step's loss, bit for bit.
+  int64_t numel = 0;
+  for (const char* file : {"model.safetensors", "optim.safetensors"}) {
+    auto a = checkpoint::load_safetensors(dir / "plain/checkpoints/step_20/" + file);
+    auto b = checkpoint::load_safetensors(dir / "nvme/checkpoints/step_20/" + file);
+    ASSERT_EQ(a.size(), b.size()) << file;
+    for (const auto& [name, t] : a) {
+      EXPECT_TRUE(at::equal(t, b.at(name))) << file << " " << name;
+      if (std::string(file) == "model.safetensors") numel += t.numel();
+    }
+  }
+  const auto plain = metrics(dir / "plain"), nvme = metrics(dir / "nvme");
+  ASSERT_EQ(plain.size(), nvme.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    if (!plain[i].contains("loss")) continue;
+    EXPECT_EQ(plain[i]["loss"].get<double>(), nvme[i]["loss"].get<double>()) << i;
+    // Every byte of parameters, gradients and optimizer state is on the tier (4 fp32 values per parameter), and
+    // each step moves at least the parameters (read for the gathers, written by the optimizer), the gradients
+    // (written, read) and the two moments (read, written): 4·8 bytes per parameter.
+    ASSERT_TRUE(nvme[i].contains("mem_bytes")) << nvme[i].dump();
+    EXPECT_GE(nvme[i]["mem_bytes"]["nvme"].get<int64_t>(), 4 * 4 * numel);
+    EXPECT_GE(nvme[i]["io_bytes"].get<int64_t>(), 4 * 8 * numel);
+  }
+  for (const auto& e : fs::directory_iterator(dir / "swap")) ADD_FAILURE() << "left behind: " << e.path();
+}
+
 TEST(Offload, ResumedOffloadRunEqualsAStraightRunAndLogsItsTiers) {
   train::configure_threads(1);
   test::TempDir dir("offload");
@@ -226,6 +272,7 @@ TEST(Offload, BadSettingsAreInputErrorsNamingTheirKeys) {
   const std::string e = input_error({"memory.offload_param_frac=0.5"});
   EXPECT_NE(e.find("memory.offload_param_frac"), std::string::npos) << e;
   EXPECT_NE(e.find("parallel.zero = 3"), std::string::npos) << e;
+  EXPECT_NE(input_error({"memory.offload_grads=true"}).find("memory.offload_grads"), std::string::npos);
   EXPECT_NE(input_error({"memory.placement=auto"}).find("memory.placement"), std::string::npos);
 }
 

@@ -101,6 +101,7 @@ void for_each_key(Config& c, F&& f) {
   f("memory", "shard_param_frac", mm.shard_param_frac);
   f("memory", "offload_optim_frac", mm.offload_optim_frac);
   f("memory", "offload_param_frac", mm.offload_param_frac);
+  f("memory", "offload_grads", mm.offload_grads);
   auto& ds = c.dist;
   f("dist", "backend", ds.backend);
   f("dist", "timeout_s", ds.timeout_s);
@@ -372,6 +373,10 @@ void validate(Config& cfg, int64_t world_size) {
               "step does not compute; use adamw, sgd or lion, or set the offload fractions to 0",
               mm.offload_optim_frac, mm.offload_param_frac, cfg.optim.name);
 
+  KOLOS_CHECK(!mm.offload_grads || mm.offload_param_frac > 0,
+              "config key memory.offload_grads = true: gradients are offloaded with the chunks whose master "
+              "parameters are offloaded, and memory.offload_param_frac is 0; set it > 0 (with parallel.zero = 3), or "
+              "memory.offload_grads = false");
   check_one_of<std::string>(cfg.dist.backend, {"gloo", "nccl"}, "dist.backend");
   KOLOS_CHECK(cfg.dist.timeout_s > 0, "config key dist.timeout_s: expected > 0, got {}", cfg.dist.timeout_s);
 }

@@ -108,6 +108,7 @@ struct MemoryConfig {
   double shard_param_frac = 1.0;
   double offload_optim_frac = 0.0;
   double offload_param_frac = 0.0;
+  bool offload_grads = false;  // the gradient shards of the chunks whose master parameters are offloaded, too
 };
 
 struct DistConfig {

@@ -202,6 +202,16 @@ void Chunk::reduce_async() {
   reduce_ = comm_->reduce_scatter_async(grad_full_, reduced_, dist::ReduceOp::kAvg);
 }
 
+at::Tensor Chunk::take_grad_buffer() {
+  KOLOS_ASSERT(reduce_launched_ && group_size_ == 1, "chunk {}: take_grad_buffer without a launched one-rank reduction",
+               index_);
+  at::Tensor g = std::move(grad_full_);
+  grad_full_.reset();
+  reduce_launched_ = false;
+  set_all(TensorState::kReadyForReduce, TensorState::kHold);
+  return g;
+}
+
 void Chunk::wait_reduce() {
   if (!reduce_launched_) return;
   at::NoGradGuard no_grad;

@@ -133,6 +133,10 @@ class Chunk {
   bool all_ready() const { return count(TensorState::kReadyForReduce) == num_tensors(); }
   void reduce_async();
   void wait_reduce();
+  // One rank only, instead of wait_reduce: the launched reduction's result is the gradient buffer itself, handed
+  // over (C elements, page-aligned memory from the cache; give it back with the cache) rather than added into
+  // grad_shard; every tensor back to kHold.
+  at::Tensor take_grad_buffer();
   bool reduce_launched() const { return reduce_launched_; }
   bool has_grad_buffer() const { return grad_full_.defined(); }
 

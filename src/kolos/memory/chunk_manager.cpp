@@ -1,6 +1,7 @@
 #include "kolos/memory/chunk_manager.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include <c10/core/CPUAllocator.h>
@@ -11,6 +12,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include "kolos/core/error.h"
+#include "kolos/optim/norm.h"
 
 namespace kolos::memory {
 
@@ -41,6 +43,54 @@ c10::DataPtr aligned_data_ptr(int64_t bytes) {
   void* data = buffer->data();
   return c10::DataPtr(data, buffer, [](void* ctx) { delete static_cast<AlignedBuffer*>(ctx); },
                       c10::Device(c10::kCPU));
+}
+
+// Page-aligned (kIoAlignment) CPU memory, sizes rounded up to it: the chunk buffers double as O_DIRECT targets of
+// the offloaded shards and gradients (which take their buffers from the same cache).
+class PageAlignedAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t nbytes) const override {
+    void* p = std::aligned_alloc(kIoAlignment, static_cast<size_t>(align_up(static_cast<int64_t>(nbytes))));
+    KOLOS_CHECK(p != nullptr || nbytes == 0, "out of memory allocating {} bytes for a chunk", nbytes);
+    return {p, p, &std::free, c10::Device(c10::kCPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &std::free; }
+};
+
+c10::Allocator* page_aligned_allocator() {
+  static PageAlignedAllocator allocator;
+  return &allocator;
+}
+
+// A tensor of `numel` fp32 on a storage of its own (aligned, for O_DIRECT), which an offloaded shard swaps memory in
+// and out of (nbytes 0 between uses: free_storage, or return_storage to a cache).
+at::Tensor own_storage_tensor(int64_t numel, c10::Storage* storage) {
+  *storage = c10::Storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(numel * 4), aligned_data_ptr(numel * 4),
+                          /*allocator=*/nullptr, /*resizable=*/false);
+  at::Tensor t = at::empty({0}, at::kFloat);
+  t.set_(*storage, 0, {numel}, {1});
+  return t;
+}
+
+void free_storage(c10::Storage& storage) {
+  auto* impl = storage.unsafeGetStorageImpl();
+  impl->set_data_ptr_noswap(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
+  impl->set_nbytes(0);
+}
+
+// Memory for an emptied storage of `numel` fp32 from the cache, and back.
+void refill_storage(c10::Storage& storage, int64_t numel, BufferCache& cache) {
+  auto* impl = storage.unsafeGetStorageImpl();
+  impl->set_data_ptr_noswap(cache.take(numel * 4));
+  impl->set_nbytes(static_cast<size_t>(numel * 4));
+}
+
+void return_storage(c10::Storage& storage, BufferCache& cache) {
+  auto* impl = storage.unsafeGetStorageImpl();
+  const int64_t bytes = static_cast<int64_t>(impl->nbytes());
+  c10::DataPtr old = impl->set_data_ptr(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
+  impl->set_nbytes(0);
+  cache.give(std::move(old), bytes);
 }
 
 }  // namespace
@@ -113,7 +163,7 @@ ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist
     for (int b = 0; b < num_blocks_; ++b)
       cache_bytes = std::max(cache_bytes, 2 * (block_bytes(b) + (b + 1 < num_blocks_ ? block_bytes(b + 1) : 0)));
   }
-  cache_ = std::make_unique<BufferCache>(c10::GetCPUAllocator(), cache_bytes);
+  cache_ = std::make_unique<BufferCache>(page_aligned_allocator(), cache_bytes);
 
   int64_t shard_total = 0;
   for (const auto& c : layout_.chunks) {
@@ -124,6 +174,8 @@ ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist
   KOLOS_CHECK(options_.offload_fraction >= 0 && options_.offload_fraction <= 1 &&
                   (options_.offload_fraction == 0 || options_.tier),
               "ChunkManager: offload fraction {} (in [0, 1], with a tier)", options_.offload_fraction);
+  KOLOS_CHECK(!options_.offload_grads || options_.offload_fraction > 0,
+              "ChunkManager: gradient offload needs parameter offload (offload_fraction > 0)");
   first_offloaded_ = total_chunks;
   if (options_.offload_fraction > 0) {
     const double want = options_.offload_fraction * static_cast<double>(shard_total);
@@ -132,30 +184,40 @@ ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist
   }
   shard_params_ = at::zeros({first_offloaded_ < total_chunks ? shard_offset_[first_offloaded_] : shard_total},
                             at::kFloat);
-  shard_grads_ = at::zeros({shard_total}, at::kFloat);
+  shard_grads_ = at::zeros({options_.offload_grads ? shard_params_.numel() : shard_total}, at::kFloat);
 
   param_place_.resize(params_.size());
   for (size_t c = 0; c < layout_.chunks.size(); ++c) {
     const auto& lc = layout_.chunks[c];
     const int64_t s = lc.capacity / group_size_;
-    at::Tensor shard;
+    at::Tensor shard, grad_shard;
     if (static_cast<int>(c) < first_offloaded_) {
       shard = shard_params_.narrow(0, shard_offset_[c], s);
+      grad_shard = shard_grads_.narrow(0, shard_offset_[c], s);
     } else {
       // A storage of its own, zero now (written to the tier below, then freed until the first gather).
-      c10::Storage storage(c10::Storage::use_byte_size_t(), static_cast<size_t>(s * 4), aligned_data_ptr(s * 4),
-                           /*allocator=*/nullptr, /*resizable=*/false);
+      c10::Storage storage;
+      shard = own_storage_tensor(s, &storage);
       std::memset(storage.data(), 0, static_cast<size_t>(align_up(s * 4)));
-      shard = at::empty({0}, at::kFloat);
-      shard.set_(storage, 0, {s}, {1});
       offloaded_.push_back({shard_offset_[c], s, options_.tier->allocate(s * 4)});
       options_.tier->wait(options_.tier->write(offloaded_.back().region, 0, storage.data(), offloaded_.back().region.bytes));
       tier_storage_.push_back(storage);
       tier_reads_.push_back(0);
       tier_resident_.push_back(true);
+      if (options_.offload_grads) {  // written at the first reduction of every step; no memory until then
+        c10::Storage gs;
+        grad_shard = own_storage_tensor(s, &gs);
+        free_storage(gs);
+        offloaded_.back().grad_region = options_.tier->allocate(s * 4);
+        grad_storage_.push_back(gs);
+        grad_written_.push_back(false);
+        grad_sq_.push_back(0);
+      } else {
+        grad_shard = shard_grads_.narrow(0, shard_offset_[c], s);
+      }
     }
-    auto chunk = std::make_unique<Chunk>(static_cast<int>(c), lc.block, lc.capacity, shard,
-                                         shard_grads_.narrow(0, shard_offset_[c], s), comm_, cache_.get());
+    auto chunk = std::make_unique<Chunk>(static_cast<int>(c), lc.block, lc.capacity, shard, grad_shard, comm_,
+                                         cache_.get());
     for (int i = lc.first_param; i < lc.end_param; ++i) {
       chunk->add_tensor(layout_.slots[i].offset, params_[i].shape);
       param_place_[i] = {static_cast<int>(c), chunk->num_tensors() - 1};
@@ -179,8 +241,9 @@ ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist
 ChunkManager::~ChunkManager() {
   try {
     while (!pending_.empty()) wait_oldest_reduction();
+    while (!grad_writes_.empty()) wait_oldest_grad_write();
   } catch (...) {
-    // A failed peer: reported by whoever waited first.
+    // A failed peer (reported by whoever waited first), or an IO error of a write nobody needs any more.
   }
   for (size_t i = 0; i < tier_reads_.size(); ++i) {
     try {
@@ -195,10 +258,8 @@ void ChunkManager::fetch_shard(int c) {
   const int i = tier_index(c);
   if (i < 0 || tier_resident_[i]) return;
   const TierShard& sh = offloaded_[i];
-  auto* impl = tier_storage_[i].unsafeGetStorageImpl();
-  impl->set_data_ptr_noswap(aligned_data_ptr(sh.numel * 4));
-  impl->set_nbytes(static_cast<size_t>(sh.numel * 4));
-  tier_reads_[i] = options_.tier->read(sh.region, 0, impl->data(), sh.region.bytes);
+  refill_storage(tier_storage_[i], sh.numel, *cache_);
+  tier_reads_[i] = options_.tier->read(sh.region, 0, tier_storage_[i].data(), sh.region.bytes);
   tier_resident_[i] = true;
 }
 
@@ -217,9 +278,7 @@ void ChunkManager::evict_shard(int c) {
   const AioTicket t = tier_reads_[i];
   tier_reads_[i] = 0;
   options_.tier->wait(t);  // the engine may still write into the buffer
-  auto* impl = tier_storage_[i].unsafeGetStorageImpl();
-  impl->set_data_ptr_noswap(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
-  impl->set_nbytes(0);
+  return_storage(tier_storage_[i], *cache_);
   tier_resident_[i] = false;
 }
 
@@ -231,9 +290,23 @@ void ChunkManager::fetch_block(int block) {
 
 int64_t ChunkManager::fetched_shard_bytes() const {
   int64_t bytes = 0;
-  for (size_t i = 0; i < offloaded_.size(); ++i)
+  for (size_t i = 0; i < offloaded_.size(); ++i) {
     if (tier_resident_[i]) bytes += offloaded_[i].numel * 4;
+    if (i < grad_storage_.size()) bytes += static_cast<int64_t>(grad_storage_[i].nbytes());
+  }
   return bytes;
+}
+
+double ChunkManager::grad_sum_of_squares() const {
+  // Chunk by chunk in chunk order, whether a chunk's gradient is resident or was summed as it was written: the same
+  // sum with and without gradient offload, bit for bit.
+  double sq = 0;
+  for (int c = 0; c < num_chunks(); ++c) {
+    const int i = tier_index(c);
+    sq += i >= 0 && !grad_sq_.empty() ? grad_sq_[i]
+                                      : optim::sum_of_squares(shard_grads_.narrow(0, shard_offset_[c], chunks_[c]->shard_numel()));
+  }
+  return sq;
 }
 
 const at::Tensor& ChunkManager::param(int i) const {
@@ -266,7 +339,7 @@ std::vector<optim::Piece> ChunkManager::optimizer_pieces(const std::vector<doubl
   return pieces;
 }
 
-void ChunkManager::set_param(int i, const at::Tensor& value) {
+void ChunkManager::copy_param(int i, const at::Tensor& value) {
   const at::Tensor& p = param(i);
   KOLOS_CHECK(value.sizes() == p.sizes(), "parameter '{}': expected shape {}, got {}", params_[i].name,
               c10::str(p.sizes()), c10::str(value.sizes()));
@@ -277,17 +350,33 @@ void ChunkManager::set_param(int i, const at::Tensor& value) {
   const int64_t begin = ch.tensor_offset(t), end = begin + p.numel();
   const int64_t lo = std::max(begin, ch.shard_begin()), hi = std::min(end, ch.shard_begin() + ch.shard_numel());
   if (lo < hi) {
-    wait_shard(c);  // an offloaded shard: read back, changed, written out
+    wait_shard(c);  // an offloaded shard: read back (the caller writes it out)
     ch.shard().narrow(0, lo - ch.shard_begin(), hi - lo).copy_(flat.narrow(0, lo - begin, hi - lo));
-    if (tier_index(c) >= 0) {
-      const TierShard& sh = offloaded_[tier_index(c)];
-      options_.tier->wait(options_.tier->write(sh.region, 0, ch.shard().data_ptr(), sh.region.bytes));
-      if (ch.residency() == Chunk::Residency::kReleased) evict_shard(c);
-    }
   }
   if (ch.residency() != Chunk::Residency::kReleased) {
     ch.wait_gather();
     p.detach().copy_(value);  // the gathered copy too
+  }
+}
+
+void ChunkManager::write_shard(int c) {
+  if (tier_index(c) < 0) return;
+  const TierShard& sh = offloaded_[tier_index(c)];
+  wait_shard(c);
+  options_.tier->wait(options_.tier->write(sh.region, 0, chunks_[c]->shard().data_ptr(), sh.region.bytes));
+  if (chunks_[c]->residency() == Chunk::Residency::kReleased) evict_shard(c);
+}
+
+void ChunkManager::set_param(int i, const at::Tensor& value) {
+  copy_param(i, value);
+  write_shard(param_place_[i].first);
+}
+
+void ChunkManager::set_params(const std::function<at::Tensor(int)>& value_of) {
+  for (int c = 0; c < num_chunks(); ++c) {
+    const auto& lc = layout_.chunks[c];
+    for (int i = lc.first_param; i < lc.end_param; ++i) copy_param(i, value_of(i));
+    write_shard(c);
   }
 }
 
@@ -339,6 +428,7 @@ int64_t ChunkManager::gathered_bytes() const {
 void ChunkManager::begin_step() {
   KOLOS_ASSERT(pending_.empty(), "begin_step with gradient reductions in flight (finish_backward was not called)");
   shard_grads_.zero_();
+  grad_written_.assign(grad_written_.size(), false);
 }
 
 void ChunkManager::before_forward(int block) {
@@ -410,7 +500,49 @@ void ChunkManager::launch_ready_reductions() {
 void ChunkManager::wait_oldest_reduction() {
   const int c = pending_.front();
   pending_.erase(pending_.begin());
+  const int i = tier_index(c);
+  if (i < 0 || grad_storage_.empty()) {
+    chunks_[c]->wait_reduce();
+    return;
+  }
+  if (group_size_ == 1 && !grad_written_[i]) {  // the buffer is the whole gradient: written as it is
+    write_grad_shard(c, chunks_[c]->take_grad_buffer());
+    return;
+  }
+  // The gradient shard: zeros, or this step's partial sum back from the tier; the reduced gradient added in.
+  const TierShard& sh = offloaded_[i];
+  refill_storage(grad_storage_[i], sh.numel, *cache_);
+  void* data = grad_storage_[i].data();
+  if (grad_written_[i]) {
+    options_.tier->wait(options_.tier->read(sh.grad_region, 0, data, sh.grad_region.bytes));
+  } else {
+    std::memset(data, 0, static_cast<size_t>(sh.grad_region.bytes));
+  }
   chunks_[c]->wait_reduce();
+  write_grad_shard(c);
+}
+
+void ChunkManager::write_grad_shard(int c, at::Tensor buffer) {
+  const int i = tier_index(c);
+  const TierShard& sh = offloaded_[i];
+  const at::Tensor& values = buffer.defined() ? buffer : chunks_[c]->grad_shard();
+  grad_sq_[i] = optim::sum_of_squares(values);
+  grad_written_[i] = true;
+  const AioTicket t = options_.tier->write(sh.grad_region, 0, values.data_ptr(), sh.grad_region.bytes);
+  grad_writes_.push_back({i, t, std::move(buffer)});
+  while (static_cast<int>(grad_writes_.size()) > options_.max_pending_reductions) wait_oldest_grad_write();
+}
+
+void ChunkManager::wait_oldest_grad_write() {
+  GradWrite w = std::move(grad_writes_.front());
+  grad_writes_.erase(grad_writes_.begin());
+  options_.tier->wait(w.ticket);
+  if (w.buffer.defined()) {
+    c10::Storage storage = w.buffer.storage();
+    return_storage(storage, *cache_);
+  } else {
+    return_storage(grad_storage_[w.index], *cache_);
+  }
 }
 
 void ChunkManager::finish_backward() {
@@ -423,6 +555,7 @@ void ChunkManager::finish_backward() {
   launch_ready_reductions();
   KOLOS_ASSERT(next_reduction_ < 0, "chunk {} was not reduced", next_reduction_);
   while (!pending_.empty()) wait_oldest_reduction();
+  while (!grad_writes_.empty()) wait_oldest_grad_write();
   release_all();
   for (int c = 0; c < num_chunks(); ++c) {
     KOLOS_ASSERT(chunks_[c]->count(TensorState::kHold) == chunks_[c]->num_tensors(),

@@ -64,11 +64,21 @@
 // them back except in set_param. Per step this reads each offloaded shard twice (forward and backward gathers;
 // once for a keep-gathered block).
 //
+// Gradient offload (Options::offload_grads, with parameter offload; memory.offload_grads): the gradient shards of
+// the offloaded chunks live on the tier too (TierShard::grad_region), and shard_grads() holds the resident chunks'
+// only. When such a chunk's reduction is waited for, its gradient shard gets a buffer of its own (zeros, or on a
+// later micro-step of the step the partial sum read back), the reduced gradient is added into it, its sum of
+// squares is kept for grad_sum_of_squares(), and it is written to the tier (write-behind: at most
+// max_pending_reductions writes in flight) and freed. finish_backward waits for every write. The optimizer reads
+// these gradients from the tier (memory/offload.h). So at one rank, resident gradient memory is the chunk buffers
+// of the blocks in backward, not the model's.
+//
 // Lifetime: the manager must outlive every autograd graph built with its parameters (its hooks and nodes point at
 // it); the Comm outlives the manager. Not thread-safe.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -112,6 +122,8 @@ class ChunkManager {
     // chunks, lives on `tier` (not owned; outlives the manager). 0: none.
     double offload_fraction = 0;
     TierStore* tier = nullptr;
+    // Gradient offload (see above); needs offload_fraction > 0.
+    bool offload_grads = false;
   };
 
   // Packs `params` (blocks non-decreasing, in registration = forward order) into chunks, allocates this rank's
@@ -141,13 +153,17 @@ class ChunkManager {
   // --- Shards (what the optimizer updates) ---
   // This rank's shard of every chunk, concatenated in chunk order: fp32, contiguous, Σ capacity / n elements
   // (shard_numel()) — with parameter offload, shard_params() holds only the resident head of that layout (the
-  // offloaded chunks' shards are offloaded_shards()); shard_grads() always holds all of it.
+  // offloaded chunks' shards are offloaded_shards()); shard_grads() holds all of it unless gradients are offloaded
+  // too (then the same head).
   const at::Tensor& shard_params() const { return shard_params_; }
   int64_t shard_numel() const { return shard_grads_.numel(); }
   const std::vector<TierShard>& offloaded_shards() const { return offloaded_; }
   // Bytes of offloaded shards read back and resident now (waiting for or done with their gathers).
   int64_t fetched_shard_bytes() const;
   const at::Tensor& shard_grads() const { return shard_grads_; }
+  // Σ g² over this rank's whole gradient shard: optim::sum_of_squares of each chunk's gradient shard (resident, or
+  // as last written to the tier), summed in chunk order. After finish_backward.
+  double grad_sum_of_squares() const;
   // One optimizer piece per (parameter ∩ this rank's shard), tensor = parameter index, offsets into
   // shard_params/shard_grads (equal); `weight_decay` and `adapt` per parameter (empty: 0 and true). Padding is not
   // covered (it stays zero).
@@ -155,6 +171,9 @@ class ChunkManager {
                                              const std::vector<bool>& adapt = {}) const;
   // Sets parameter i from its whole value (this rank keeps the part in its shard). Not while a step is running.
   void set_param(int i, const at::Tensor& value);
+  // Sets every parameter, value_of(i) giving parameter i's whole value, chunk by chunk: an offloaded shard is read
+  // back and written out once per chunk (set_param does it per parameter), and one value is alive at a time.
+  void set_params(const std::function<at::Tensor(int)>& value_of);
   // Every parameter's whole value (fresh tensors): gathers each chunk in turn and releases it. Collective over the
   // dp group; phase "other". Between steps only (checkpoints, parity checks).
   std::vector<at::Tensor> whole_params();
@@ -182,6 +201,9 @@ class ChunkManager {
  private:
   class ReadyHook;
   void check_block(int block, const char* what) const;
+  // set_param's part in chunk c's shard (and its gathered copy); the caller writes an offloaded shard out.
+  void copy_param(int i, const at::Tensor& value);
+  void write_shard(int c);
   void gather_block(int block, dist::Phase phase);
   void release_chunk(Chunk& c);
   // Parameter offload: chunk c's shard (index into offloaded_ via tier_index): start reading it back, wait for it,
@@ -194,6 +216,10 @@ class ChunkManager {
   void on_grad_ready(int param);
   void launch_ready_reductions();
   void wait_oldest_reduction();
+  // Gradient offload: the write of chunk c's gradient shard after its reduction (from `buffer`, else its gradient
+  // storage); waiting for the oldest write.
+  void write_grad_shard(int c, at::Tensor buffer = {});
+  void wait_oldest_grad_write();
 
   std::vector<ChunkParam> params_;
   Options options_;
@@ -213,6 +239,18 @@ class ChunkManager {
   std::vector<c10::Storage> tier_storage_;   // per offloaded chunk: its shard's storage (nbytes 0 when evicted)
   std::vector<AioTicket> tier_reads_;        // per offloaded chunk: the read in flight (0: none)
   std::vector<bool> tier_resident_;          // per offloaded chunk: its storage holds (or is receiving) the shard
+  // Gradient offload, per offloaded chunk: its gradient shard's storage (nbytes 0 between uses), whether this step
+  // wrote it already, its sum of squares as written; and the writes in flight, oldest first (one rank writes a
+  // chunk's first gradient of the step straight from the chunk's gradient buffer, `buffer`).
+  struct GradWrite {
+    int index = 0;
+    AioTicket ticket = 0;
+    at::Tensor buffer;
+  };
+  std::vector<c10::Storage> grad_storage_;
+  std::vector<bool> grad_written_;
+  std::vector<double> grad_sq_;
+  std::vector<GradWrite> grad_writes_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep the hooked AccumulateGrad nodes alive
 
   std::vector<bool> done_;         // per chunk: every gradient of this backward arrived (reduction due)

@@ -70,16 +70,24 @@ StreamedStep::StreamedStep(optim::Optimizer& optimizer, TierStore& store, int64_
     if (any_state)
       for (int k = 0; k < states; ++k) st.state.emplace_back(options_.window_elements * 4);
     if (!shards_.empty()) st.params = AlignedBuffer(options_.window_elements * 4);
+    if (!shards_.empty() && shards_.back().grad_region.id >= 0) st.grads = AlignedBuffer(options_.window_elements * 4);
   }
-  // A fresh optimizer's state is zero.
-  for (int k = 0; k < states && state_begin_ < numel_; ++k) write_state(k, at::zeros({numel_}, at::kFloat));
+  // A fresh optimizer's state is zero: written a window at a time (a whole buffer of zeros would be the model's size).
+  if (any_state) {
+    AlignedBuffer zeros(options_.window_elements * 4);
+    std::memset(zeros.data(), 0, static_cast<size_t>(zeros.bytes()));
+    for (const auto& seg : segments_)
+      for (const auto& region : seg.state)
+        for (int64_t at = 0; at < region.bytes; at += zeros.bytes())
+          store_.wait(store_.write(region, at, zeros.data(), std::min(zeros.bytes(), region.bytes - at)));
+  }
 }
 
 int64_t StreamedStep::staging_bytes() const {
   int64_t bytes = 0;
   for (const auto& st : staging_) {
     for (const auto& b : st.state) bytes += b.bytes();
-    bytes += st.params.bytes();
+    bytes += st.params.bytes() + st.grads.bytes();
   }
   return bytes;
 }
@@ -100,6 +108,8 @@ void StreamedStep::start_reads(size_t i) {
   if (seg.shard >= 0) {
     const TierShard& sh = shards_[seg.shard];
     st.reads.push_back(store_.read(sh.region, (w.begin - sh.begin) * 4, st.params.data(), bytes));
+    if (sh.grad_region.id >= 0)
+      st.reads.push_back(store_.read(sh.grad_region, (w.begin - sh.begin) * 4, st.grads.data(), bytes));
   }
 }
 
@@ -136,6 +146,7 @@ void StreamedStep::step(double lr, double grad_scale) {
       for (auto& b : st.state) sw.state.push_back(reinterpret_cast<float*>(b.data()));
     }
     if (seg.shard >= 0) sw.params = reinterpret_cast<float*>(st.params.data());
+    if (seg.shard >= 0 && shards_[seg.shard].grad_region.id >= 0) sw.grads = reinterpret_cast<const float*>(st.grads.data());
     optimizer_.update(lr, grad_scale, sw);
     start_writes(i);
     if (i + depth < n) start_reads(i + depth);

@@ -4,21 +4,24 @@
 // of every state buffer lives on the store's tier (memory.offload_optim_frac of N, rounded up so that state_begin
 // is a multiple of kAlignElements — counted from the start of the chunk shard it falls in when parameters are
 // offloaded too). With ZeRO-3, the master parameter shards of the last chunks (memory.offload_param_frac,
-// whole chunks; ChunkManager::Options::offload_chunks) live there as well: `shards`, which cover a tail
-// [shards[0].begin, N) of the same offsets (ZeRO-3 pieces have param_offset == state_offset). The optimizer was
-// built with resident_state = state_begin and resident_params = shards[0].begin (or N without shards), so its
-// own buffers hold only the heads.
+// whole chunks; ChunkManager::Options::offload_fraction) live there as well: `shards`, which cover a tail
+// [shards[0].begin, N) of the same offsets (ZeRO-3 pieces have param_offset == grad_offset == state_offset), and
+// with memory.offload_grads their gradient shards too (TierShard::grad_region). The optimizer was built with
+// resident_state = state_begin, resident_params = shards[0].begin (or N without shards) and, with gradient
+// offload, resident_grads = shards[0].begin, so its own buffers hold only the heads.
 //
 // The streamed step. The streamed range [min(state_begin, shards[0].begin), N) is cut into segments at
 // state_begin and at the shard boundaries; each segment has its own state regions (one per state buffer, when its
-// state is offloaded), and its parameters in its chunk's region (when offloaded). Windows of window_elements
+// state is offloaded), its parameters in its chunk's region (when offloaded) and its gradients in the chunk's
+// gradient region (when those are offloaded: read, never written). Windows of window_elements
 // (a multiple of kAlignElements) run from each segment's start, so every request is 4096-aligned; the last
 // window of a segment may be shorter (its request is aligned up into the region's padding). The step:
 //   begin_step; reads of the first staging − 1 windows; the resident head [0, start) updated in place meanwhile;
 //   then per window i: wait its reads, update it (Optimizer::update with the staging buffers), start its writes,
 //   start the reads of window i + staging − 1 into the staging set of window i − 1 (after that set's writes).
 // So while window i computes, the next windows are read (read-ahead) and the previous one written (write-behind),
-// with `staging` sets of buffers (each state buffer and the parameters: window_elements floats apiece). Every
+// with `staging` sets of buffers (each state buffer, the parameters and the gradients: window_elements floats
+// apiece). Every
 // element is updated by the same kernel as without offload: the step is bit-identical (optim/optimizer.h). All
 // writes are waited before step() returns (the next gathers read the parameters back).
 //
@@ -83,7 +86,7 @@ class StreamedStep {
   };
   struct Staging {
     std::vector<AlignedBuffer> state;
-    AlignedBuffer params;
+    AlignedBuffer params, grads;
     std::vector<AioTicket> reads, writes;
   };
   void start_reads(size_t window);

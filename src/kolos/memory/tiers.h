@@ -42,11 +42,13 @@ struct TierRegion {
   int64_t bytes = 0;  // a multiple of kIoAlignment
 };
 
-// One ZeRO-3 chunk's master shard kept on a tier (ChunkManager::Options::offload_chunks): the shard offsets
-// [begin, begin + numel) of the flat shard layout, and its region (numel·4 bytes, aligned up).
+// One ZeRO-3 chunk's master shard kept on a tier (ChunkManager::Options::offload_fraction): the shard offsets
+// [begin, begin + numel) of the flat shard layout, and its region (numel·4 bytes, aligned up); with gradient
+// offload (ChunkManager::Options::offload_grads) also the region of its gradient shard (id -1: none, resident).
 struct TierShard {
   int64_t begin = 0, numel = 0;
   TierRegion region;
+  TierRegion grad_region;
 };
 
 class TierStore {

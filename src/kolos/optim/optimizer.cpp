@@ -34,14 +34,18 @@ Optimizer::Optimizer(OptimizerBuffers buffers) : buf_(std::move(buffers)) {
                "optimizers need contiguous flat fp32 buffers");
   if (buf_.resident_state < 0) buf_.resident_state = buf_.state_numel;
   if (buf_.resident_params < 0) buf_.resident_params = p.numel();
-  KOLOS_ASSERT(buf_.resident_state <= buf_.state_numel && buf_.resident_params <= p.numel(),
+  if (buf_.resident_grads < 0) buf_.resident_grads = g.numel();
+  KOLOS_ASSERT(buf_.resident_state <= buf_.state_numel && buf_.resident_params <= p.numel() &&
+                   buf_.resident_grads <= g.numel(),
                "resident ranges beyond the buffers");
   for (const auto& r : buf_.pieces)
     KOLOS_ASSERT(r.numel >= 0 && r.param_offset >= 0 &&
                      (r.param_offset + r.numel <= buf_.resident_params ||
                       (r.param_offset == r.state_offset && r.param_offset >= buf_.resident_params)) &&
                      r.grad_offset >= 0 &&
-                     r.grad_offset + r.numel <= g.numel() && r.state_offset >= 0 &&
+                     (r.grad_offset + r.numel <= buf_.resident_grads ||
+                      (r.grad_offset == r.state_offset && r.grad_offset >= buf_.resident_grads)) &&
+                     r.state_offset >= 0 &&
                      r.state_offset + r.numel <= buf_.state_numel && r.tensor >= 0 && r.tensor < buf_.num_tensors,
                  "optimizer piece out of its buffers (tensor {} of {})", r.tensor, buf_.num_tensors);
 }
@@ -54,7 +58,8 @@ at::Tensor& Optimizer::add_state(const std::string& name) {
 
 void Optimizer::step(double lr, double grad_scale) {
   KOLOS_ASSERT(elementwise(), "{}: step() must be overridden", name());
-  KOLOS_ASSERT(buf_.resident_state == buf_.state_numel && buf_.resident_params == buf_.params.numel(),
+  KOLOS_ASSERT(buf_.resident_state == buf_.state_numel && buf_.resident_params == buf_.params.numel() &&
+                   buf_.resident_grads == buf_.grads.numel(),
                "{}: part of the state or parameters is offloaded: stream the step (memory/offload.h)", name());
   begin_step();
   update(lr, grad_scale, resident_window(0, buf_.state_numel));
@@ -89,17 +94,20 @@ std::vector<Optimizer::Span> Optimizer::spans(const StepWindow& w) const {
     const int64_t lo = std::max(w.begin, r.state_offset), hi = std::min(w.end, r.state_offset + r.numel);
     if (lo >= hi) continue;
     const int64_t skip = lo - r.state_offset;
+    // The run's parameters (gradients): in the window's buffer, or in the resident one at the piece's offset.
+    auto locate = [&](auto* window_values, auto* resident_values, int64_t offset, int64_t resident, const char* what) {
+      if (window_values) {
+        KOLOS_ASSERT(offset == r.state_offset, "{}: window {} for a piece at offset {} != state_offset {}", name(),
+                     what, offset, r.state_offset);
+        return window_values + (lo - w.begin);
+      }
+      KOLOS_ASSERT(offset + skip + (hi - lo) <= resident, "{}: window [{}, {}) reaches offloaded {} without window {}",
+                   name(), w.begin, w.end, what, what);
+      return resident_values + offset + skip;
+    };
     Span s;
-    if (w.params) {
-      KOLOS_ASSERT(r.param_offset == r.state_offset, "{}: window parameters for a piece with param_offset {} != "
-                   "state_offset {}", name(), r.param_offset, r.state_offset);
-      s.params = w.params + (lo - w.begin);
-    } else {
-      KOLOS_ASSERT(r.param_offset + skip + (hi - lo) <= buf_.resident_params,
-                   "{}: window [{}, {}) reaches offloaded parameters without window parameters", name(), w.begin, w.end);
-      s.params = params + r.param_offset + skip;
-    }
-    s.grads = grads + r.grad_offset + skip;
+    s.params = locate(w.params, params, r.param_offset, buf_.resident_params, "parameters");
+    s.grads = locate(w.grads, grads, r.grad_offset, buf_.resident_grads, "gradients");
     for (size_t k = 0; k < w.state.size(); ++k) s.state[k] = w.state[k] + (lo - w.begin);
     s.numel = hi - lo;
     s.weight_decay = r.weight_decay;

@@ -74,19 +74,23 @@ struct OptimizerBuffers {
   std::vector<NormReducer> norm_reducers;  // empty: this rank holds whole tensors
   // Offload (see "Streamed steps" above); -1: everything resident. The state buffers hold the state offsets
   // [0, resident_state); `params` holds the parameter offsets [0, resident_params) (pieces beyond it are legal only
-  // in the streamed range and get their parameters from the windows). Element-wise rules only.
+  // in the streamed range and get their parameters from the windows); `grads` the gradient offsets
+  // [0, resident_grads) in the same way. Element-wise rules only.
   int64_t resident_state = -1;
   int64_t resident_params = -1;
+  int64_t resident_grads = -1;
 };
 
 // One window of a streamed step: the state offsets [begin, end), state[k] the values of state buffer k (the order
 // of state()) for them — offset s at state[k][s − begin] — and, when `params` is not null, the parameters of the
 // pieces in the window: the parameter of state offset s at params[s − begin] (such pieces must have
-// param_offset == state_offset, as ZeRO-3's shards do). Null params: the parameter buffer (resident).
+// param_offset == state_offset, as ZeRO-3's shards do). Null params: the parameter buffer (resident). `grads`
+// likewise for the gradients (pieces with grad_offset == state_offset); null: the gradient buffer.
 struct StepWindow {
   int64_t begin = 0, end = 0;
   std::vector<float*> state;
   float* params = nullptr;
+  const float* grads = nullptr;
 };
 
 class Optimizer {

@@ -115,11 +115,11 @@ Plan make_plan(const Config& config, int world_size) {
                 "the pipeline's interleaved forwards and backwards defeat; use zero = 0 or 1 with pipeline parallelism",
                 plan.zero, plan.pp);
   }
-  KOLOS_CHECK(config.memory.offload_param_frac == 0 || (plan.zero == 3 && plan.dp > 1),
+  KOLOS_CHECK(config.memory.offload_param_frac == 0 || plan.zero == 3,
               "config key memory.offload_param_frac = {}: master parameters are offloaded by chunked ZeRO-3 only, "
-              "which needs parallel.zero = 3 and parallel.dp >= 2 (got zero = {}, dp = {}); set "
-              "memory.offload_param_frac = 0 (memory.offload_optim_frac works at any layout)",
-              config.memory.offload_param_frac, plan.zero, plan.dp);
+              "which needs parallel.zero = 3 (got zero = {}); set parallel.zero = 3 (any dp, one process "
+              "included), or memory.offload_param_frac = 0 (memory.offload_optim_frac works at any layout)",
+              config.memory.offload_param_frac, plan.zero);
   if (plan.zero == 3) {
     // Chunked ZeRO-3 (memory::ChunkManager) gathers whole (unsplit) parameters over the dp group around the whole
     // model's forward; the chunk layout does not yet know tensor pieces or sequence slices.

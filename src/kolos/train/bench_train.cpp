@@ -87,7 +87,8 @@ int bench_train_main(int argc, char** argv) {
     std::printf("kolos bench train: %s, %ld layers, hidden %ld, heads %ld, vocab %ld, seq %ld, batch %ld, %d threads\n",
               m.arch.c_str(), m.layers, m.hidden, m.heads, m.vocab, m.seq_len, config.train.batch_size, threads);
   std::vector<double> step_ms, fwd_bwd_ms, optim_ms;
-  int64_t tokens_per_step = 0;
+  int64_t tokens_per_step = 0, io_bytes = 0, chunk_moves = 0;
+  StepResult last;
   for (int64_t s = 0; s < warmup + steps; ++s) {
     StepResult r = trainer.train_step(s);
     tokens_per_step = r.tokens;
@@ -95,7 +96,13 @@ int bench_train_main(int argc, char** argv) {
       std::printf("  step %ld: %.0f ms (forward+backward %.0f, optimizer %.0f), loss %.4f%s\n", s, r.step_ms,
                   r.fwd_bwd_ms, r.optim_ms, r.loss, s < warmup ? " (warm-up)" : "");
     std::fflush(stdout);
+    if (r.offload && rank0)
+      std::printf("    tier: %ld requests, %.3f GB moved, %.3f GB/s\n", r.chunk_moves, r.io_bytes / 1e9,
+                  r.io_bytes / (r.step_ms * 1e6));
+    last = r;
     if (s < warmup) continue;
+    io_bytes += r.io_bytes;
+    chunk_moves += r.chunk_moves;
     step_ms.push_back(r.step_ms);
     fwd_bwd_ms.push_back(r.fwd_bwd_ms);
     optim_ms.push_back(r.optim_ms);
@@ -117,6 +124,20 @@ int bench_train_main(int argc, char** argv) {
                         {"dtype", config.train.dtype},
                         {"params", trainer.model().num_params()},
                         {"flops_per_token", trainer.flops_per_token()}};
+  out["step_ms"] = step_ms;
+  if (last.offload) {  // the timed steps' tier traffic: bytes ÷ their wall time
+    double total_ms = 0;
+    for (double ms : step_ms) total_ms += ms;
+    out["io_bytes"] = io_bytes;
+    out["chunk_moves"] = chunk_moves;
+    out["io_gbps"] = total_ms > 0 ? io_bytes / (total_ms * 1e6) : 0.0;
+    out["mem_bytes"] = {{"compute", last.mem_compute}, {"host", last.mem_host}, {"nvme", last.mem_nvme}};
+  }
+  if (!config.memory.budget.empty()) {  // memory.budget against this process's peak RSS
+    const int64_t budget = parse_bytes(config.memory.budget, "config key memory.budget");
+    out["memory_budget_mb"] = budget / 1048576.0;
+    out["within_budget"] = peak_rss_bytes() <= budget;
+  }
   if (gemm.bf16_gflops > 0) {
     // MFU against the bf16 product rate: how much of what bf16 could do the step uses (mfu stays fp32-based).
     out["gemm_bf16_gflops"] = gemm.bf16_gflops;

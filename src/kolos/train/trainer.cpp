@@ -765,6 +765,14 @@ nlohmann::json Trainer::train() {
                             {"layout", plan_.describe()},
                             {"peak_rss_mb", rss.item<double>() / 1048576.0}};
   if (!stopped_early.empty()) summary["stopped_early"] = stopped_early;
+  if (!config_.memory.budget.empty()) {  // memory.budget: the largest rank's peak RSS against it
+    const int64_t budget = parse_bytes(config_.memory.budget, "config key memory.budget");
+    summary["memory_budget_mb"] = static_cast<double>(budget) / 1048576.0;
+    summary["within_budget"] = rss.item<double>() <= static_cast<double>(budget);
+    if (!summary["within_budget"].get<bool>())
+      progress.message(fmt::format("warning: peak RSS {:.0f} MiB exceeds memory.budget = \"{}\"",
+                                   rss.item<double>() / 1048576.0, config_.memory.budget));
+  }
   if (scaler_) {
     summary["loss_scale"] = scaler_->scale();
     summary["skipped_steps"] = scaler_->skipped_steps();

@@ -70,6 +70,9 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     rank_ = comm_->rank();
     zero_ = plan.zero;
   }
+  // One rank: ZeRO 1 and 2 have nothing to shard, but ZeRO-3's chunks still stream the model block by block (each
+  // chunk whole on this rank), which is what parameter and gradient offload build on.
+  if (plan.zero == 3) zero_ = 3;
   KOLOS_ASSERT(dp_ == plan.dp * plan.sp || dp_ == 1, "the data Comm has {} ranks, the plan dp × sp = {} × {}", dp_,
                plan.dp, plan.sp);
   specs_ = model_.param_specs();
@@ -167,6 +170,7 @@ void DataParallel::build_optimizer(optim::OptimizerBuffers ob) {
   if (!tier_ && state_begin < ob.state_numel) tier_ = memory::TierStore::from_config(mc, rank_);
   ob.resident_state = state_begin;
   if (chunks_) ob.resident_params = chunks_->shard_params().numel();
+  if (chunks_) ob.resident_grads = chunks_->shard_grads().numel();
   optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
   if (tier_) streamed_ = std::make_unique<memory::StreamedStep>(*optimizer_, *tier_, state_begin, shards,
                                                                 memory::StreamedStep::Options{});
@@ -309,6 +313,7 @@ void DataParallel::build_chunked() {
     tier_ = memory::TierStore::from_config(config_.memory, rank_);
     mo.offload_fraction = config_.memory.offload_param_frac;
     mo.tier = tier_.get();
+    mo.offload_grads = config_.memory.offload_grads;
   }
   const std::string tied = model_.tied_embedding();
   if (!tied.empty()) mo.keep_gathered.push_back(model_.param_block(tied));
@@ -324,7 +329,9 @@ void DataParallel::build_chunked() {
   shard_numel_ = shard;
 
   // Every parameter from (seed, name) on its global shape; this rank keeps its shard.
-  for (int i = 0; i < n; ++i) chunks_->set_param(chunk_param_[i], nn::init_param(specs_[i], config_.train.seed));
+  std::vector<int> spec_of(n);  // manager index -> spec index
+  for (int i = 0; i < n; ++i) spec_of[chunk_param_[i]] = i;
+  chunks_->set_params([&](int k) { return nn::init_param(specs_[spec_of[k]], config_.train.seed); });
   for (int i = 0; i < n; ++i) params_.push_back(chunks_->param(chunk_param_[i]));
   model_.bind_params(params_);
 
@@ -356,10 +363,11 @@ void DataParallel::build_chunked() {
   ob.state_numel = shard_numel_;
   ob.num_tensors = n;
   ob.pieces = chunks_->optimizer_pieces(decay, adapt);
-  ob.norm_reducers.push_back([this](at::Tensor& sums) {
-    dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
-    comm_->all_reduce(sums);
-  });
+  if (dp_ > 1)
+    ob.norm_reducers.push_back([this](at::Tensor& sums) {
+      dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);
+      comm_->all_reduce(sums);
+    });
   pieces_ = ob.pieces;
   grad_buffer_ = ob.grads;
   build_optimizer(std::move(ob));
@@ -367,6 +375,11 @@ void DataParallel::build_chunked() {
 
 std::vector<at::Tensor> DataParallel::gather_chunks(const at::Tensor& shard) {
   std::vector<at::Tensor> out;
+  if (dp_ == 1) {  // each shard is its whole chunk
+    for (int c = 0; c < chunks_->num_chunks(); ++c)
+      out.push_back(shard.narrow(0, chunk_shard_offset_[c], chunks_->chunk(c).capacity()).clone());
+    return out;
+  }
   std::vector<dist::Handle> handles;
   dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOther);
   for (int c = 0; c < chunks_->num_chunks(); ++c) {
@@ -584,7 +597,8 @@ double DataParallel::grad_norm() {
   if (zero_ == 0) return std::sqrt(optim::sum_of_squares(flat_grads_));
   double sq = 0;
   if (zero_ == 3) {
-    sq = optim::sum_of_squares(chunks_->shard_grads());  // the padding's gradient is zero
+    sq = chunks_->grad_sum_of_squares();  // the padding's gradient is zero
+    if (dp_ == 1) return std::sqrt(sq);
   } else if (zero_ == 1) {
     for (const auto& b : buckets_) sq += optim::sum_of_squares(flat_grads_.narrow(0, chunk_offset(b), b.numel / dp_));
   } else {

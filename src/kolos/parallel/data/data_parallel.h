@@ -32,7 +32,7 @@
 // its gradient through fp16 the same way, so a value out of fp16's range is inf at every dp degree. The trainer
 // checks the result for inf/NaN (its loss scaler, optim/loss_scaler.h).
 //
-// ZeRO-3 (zero = 3, dp > 1): the parameters live in chunks of a memory::ChunkManager (DESIGN "Chunks") instead of
+// ZeRO-3 (zero = 3, any dp: one rank holds each chunk whole as its "shard"): the parameters live in chunks of a memory::ChunkManager (DESIGN "Chunks") instead of
 // the flat buffers: blocks in Model::set_block_hooks order (0 the stem, 1 + i transformer block i, layers + 1 the
 // head), a tied embedding in the stem kept gathered from its forward until its gradient is reduced. The model calls
 // the manager around each block through its block hooks (gather before forward and before backward, prefetching the
@@ -43,8 +43,9 @@
 //
 // Offload (memory.* static placement; memory/offload.h): memory.offload_optim_frac of this rank's optimizer state
 // (a tail of its state range, every state buffer) and, at ZeRO-3, memory.offload_param_frac of its master parameter
-// shard (whole trailing chunks, memory::ChunkManager) live on memory.offload_tier; the optimizer step is streamed
-// over them (bit-identical to the step without offload). Checkpoints read the offloaded state back and write it
+// shard (whole trailing chunks, memory::ChunkManager) live on memory.offload_tier, with memory.offload_grads the
+// gradient shards of those chunks too; the optimizer step is streamed over them (bit-identical to the step without
+// offload). Checkpoints read the offloaded state back and write it
 // out on load. Only the element-wise rules (adamw, sgd, lion) can be streamed (config validation refuses others).
 //
 // Every collective goes through the dp Comm (so the ledger counts it): phase "backward" for the gradient
