@@ -95,6 +95,15 @@ TEST(HybridParity, LlamaDpSpUlyssesTpOnEightProcesses) {
   expect_parity(verify("dp=2,sp=2,sp_mode=ulysses,tp=2", dir.path(), kLlama), 1);
 }
 
+// 2D (SUMMA) tensor parallelism on a 2 × 2 grid, GPT-2 and LLaMA (grouped-query attention, untied head): weights,
+// biases, norms and the vocabulary tables in q² pieces, activations in (batch / 2) × (features / 2) blocks. Verify
+// checks each rank's pieces and the op counts on the grid's rows, columns and the tp group (the embedding's transpose).
+TEST(TensorParallelParity, TwoDimensionalGptAndLlama) {
+  test::TempDir dir("parity_tp2d");
+  expect_parity(verify("tp=4,tp_mode=2d", dir / "gpt"), 1);
+  expect_parity(verify("tp=4,tp_mode=2d", dir / "llama", kLlama), 1);
+}
+
 // With SGD the update is the gradient itself: the layouts' parameters meet DESIGN's 1e-5 after 20 steps, so the
 // larger AdamW differences above are Adam's amplification, not a wrong gradient.
 TEST(TensorParallelParity, LayoutsWithSgdMeetTheParameterTolerance) {
