@@ -2,7 +2,8 @@
 // so one's output block is the next one's input block), LayerNorm and RMSNorm on q × q thread ranks, each holding
 // its blocks of the same whole tensors; outputs and every gradient must be that rank's block of the one-process
 // result (at::linear, at::layer_norm, nn::rms_norm). The ledger tests check the bytes of the algorithms against
-// their derivations; the whole GPT-2 and LLaMA under tensor_parallel_2d against one process. Ranks are threads (tests/dist/thread_ranks.h), fp64 unless bytes are counted.
+// their derivations; the whole GPT-2 and LLaMA under tensor_parallel_2d against one process (fp32). Ranks are
+// threads (tests/dist/thread_ranks.h), fp64 unless bytes are counted or the whole model runs.
 #include "kolos/parallel/tensor/tp2d.h"
 
 #include <ATen/CPUGeneratorImpl.h>

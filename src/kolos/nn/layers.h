@@ -48,9 +48,10 @@ struct Sharding {
   LinearFn column, row;  // Linears whose weight is split along dim 0 (outputs) / dim 1 (inputs)
   // Column-split Linears (at most 3) of one input, fused.
   std::function<std::vector<at::Tensor>(const at::Tensor& x, const std::vector<const Linear*>& layers)> column_many;
-  // Look-up in this rank's rows of the vocabulary; returns the whole (B, T, C) embedding.
+  // Look-up in this rank's rows of the vocabulary; returns the whole (B, T, C) embedding (2D: this rank's block).
   std::function<at::Tensor(const at::Tensor& weight, const at::Tensor& ids)> embedding;
-  // Logits of this rank's slice of the vocabulary from the whole hidden state.
+  // Logits of this rank's slice of the vocabulary from the whole hidden state (2D: from this rank's block, logits
+  // of its batch block).
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight)> head;
   // Mean cross-entropy from logits split over the vocabulary (N, V/parts) against targets (N).
   std::function<at::Tensor(const at::Tensor& logits, const at::Tensor& targets)> cross_entropy;
