@@ -1,8 +1,9 @@
 // Small GPT-2 / LLaMA shapes and random parameters for tests that compare a model against a reference (PyTorch, one
-// process): models_test.cpp, tests/parallel/tp1d_test.cpp, tests/parallel/sequence_test.cpp.
+// process): models_test.cpp, tests/parallel/tp1d_test.cpp, tp2d_test.cpp, sequence_test.cpp.
 #pragma once
 
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,31 @@ inline std::vector<at::Tensor> random_params(const models::Model& model, uint64_
     }
   }
   return tensors;
+}
+
+// The one-process run a parallel model is compared with: random ids and targets (B, T) from `data_seed`, the whole
+// parameters from random_params(`param_seed`) (kept untouched in `whole`; the model trains on copies), the loss,
+// and after its backward every parameter's gradient in model->params().
+struct ReferenceRun {
+  at::Tensor ids, targets, loss;
+  std::unique_ptr<models::Model> model;
+  std::vector<at::Tensor> whole;
+};
+
+inline ReferenceRun reference_run(const ModelConfig& config, int64_t B, int64_t T, uint64_t data_seed,
+                                  uint64_t param_seed) {
+  ReferenceRun run;
+  auto gen = at::detail::createCPUGenerator(data_seed);
+  run.ids = at::randint(config.vocab, {B, T}, gen, at::kLong);
+  run.targets = at::randint(config.vocab, {B, T}, gen, at::kLong);
+  run.model = models::Model::create(config);
+  run.whole = random_params(*run.model, param_seed);
+  std::vector<at::Tensor> params;
+  for (const auto& w : run.whole) params.push_back(w.clone());
+  run.model->bind_params(params);
+  run.loss = run.model->loss(run.ids, run.targets);
+  run.loss.backward();
+  return run;
 }
 
 }  // namespace kolos::test

@@ -1,6 +1,8 @@
 // Plan validation: each rule fails with exit-2 errors naming the key and the rule; valid layouts give the degrees.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "kolos/config/config.h"
 #include "kolos/core/error.h"
 #include "kolos/parallel/plan.h"
@@ -74,10 +76,10 @@ TEST(Plan, PipelineRulesNameTheKey) {
   EXPECT_NE(e.find("\"x\""), std::string::npos) << e;
 }
 
-// Tensor parallelism (1D): every split dimension divides; other tp modes wait for issue 8.
+// Tensor parallelism (1D): every split dimension divides; 2.5D and 3D wait for issue 8.
 TEST(Plan, TensorParallelRulesNameTheDimension) {
   EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=2"}, 4), 4).describe(), "dp=2, tp=2 (1d)");
-  std::string e = plan_error({"parallel.tp=2", "parallel.tp_mode=2d"}, 2);
+  std::string e = plan_error({"parallel.tp=8", "parallel.tp_mode=2.5d"}, 8);
   EXPECT_NE(e.find("parallel.tp_mode"), std::string::npos) << e;
   EXPECT_NE(e.find("not yet supported"), std::string::npos) << e;
   e = plan_error({"parallel.tp=2", "model.heads=5", "model.hidden=80"}, 2);
@@ -92,6 +94,40 @@ TEST(Plan, TensorParallelRulesNameTheDimension) {
   e = plan_error({"parallel.tp=2", "parallel.megatron_sp=true", "model.seq_len=33"}, 2);
   EXPECT_NE(e.find("model.seq_len = 33"), std::string::npos) << e;
   EXPECT_TRUE(parallel::make_plan(parity({"parallel.tp=2", "parallel.megatron_sp=true"}, 2), 2).megatron_sp);
+}
+
+// 2D: tp a perfect square q²; heads and key/value heads by q, hidden by q², GPT-2's ffn by q² (its fc bias is in q²
+// pieces), LLaMA's by q, the batch by q (the grid's rows); no sp, pp or Megatron-SP yet. Each error names its key.
+TEST(Plan, TwoDimensionalRulesNameTheKey) {
+  const auto p = parallel::make_plan(parity({"parallel.tp=4", "parallel.tp_mode=2d"}, 8), 8);
+  EXPECT_EQ(p.describe(), "dp=2, tp=4 (2d)");
+  EXPECT_TRUE(p.tp_layout().grid);
+  EXPECT_EQ(p.tp_layout().q(), 2);
+  EXPECT_FALSE(parallel::make_plan(parity({"parallel.tp=4"}, 4), 4).tp_layout().grid);
+  // LLaMA's ffn only by q: 258 = 2 · 129.
+  EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=4", "parallel.tp_mode=2d", "model.arch=llama",
+                                        "model.kv_heads=4", "model.tie_embeddings=false", "model.ffn_hidden=258"},
+                                       4),
+                                4)
+                .tp,
+            4);
+  for (const auto& [sets, world, want] : std::vector<std::tuple<std::vector<std::string>, int, std::string>>{
+           {{"parallel.tp=2"}, 2, "parallel.tp = 2"},
+           {{"parallel.tp=8"}, 8, "square"},
+           {{"parallel.tp=9", "model.heads=4", "model.hidden=72", "model.ffn_hidden=72"}, 9, "model.heads = 4"},
+           {{"parallel.tp=4", "model.arch=llama", "model.kv_heads=1", "model.tie_embeddings=false"}, 4,
+            "model.kv_heads"},
+           {{"parallel.tp=4", "model.hidden=66", "model.heads=6"}, 4, "model.hidden = 66"},
+           {{"parallel.tp=4", "model.ffn_hidden=258"}, 4, "model.ffn_hidden = 258"},
+           {{"parallel.tp=4", "train.batch_size=3", "train.global_batch=3"}, 4, "train.batch_size = 3"},
+           {{"parallel.tp=4", "parallel.sp=2"}, 8, "sp = 2"},
+           {{"parallel.tp=4", "parallel.pp=2"}, 8, "pp = 2"}}) {
+    std::vector<std::string> all = sets;
+    all.push_back("parallel.tp_mode=2d");
+    const std::string e = plan_error(all, world);
+    EXPECT_NE(e.find(want), std::string::npos) << want << ": " << e;
+    EXPECT_NE(e.find("2d"), std::string::npos) << want << ": " << e;
+  }
 }
 
 // Sequence parallelism: ring needs the sequence in 2·sp equal chunks, Ulysses whole heads per sp rank.

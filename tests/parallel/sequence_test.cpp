@@ -122,17 +122,13 @@ TEST_P(SequenceParallelTest, UlyssesMatchesOneProcess) {
 void check_model(const std::string& arch, const std::string& mode, int p) {
   ModelConfig config = test::small_config(arch);
   config.seq_len = 16;
-  auto gen = at::detail::createCPUGenerator(5);
-  const int64_t B = 2, T = 16;
-  const at::Tensor ids = at::randint(config.vocab, {B, T}, gen, at::kLong);
-  const at::Tensor targets = at::randint(config.vocab, {B, T}, gen, at::kLong);
-  auto reference = models::Model::create(config);
-  const std::vector<at::Tensor> whole = test::random_params(*reference, 6);
-  std::vector<at::Tensor> params;
-  for (const auto& w : whole) params.push_back(w.clone());
-  reference->bind_params(params);
-  const at::Tensor ref_loss = reference->loss(ids, targets);
-  ref_loss.backward();
+  const int64_t T = 16;
+  const auto ref = test::reference_run(config, /*B=*/2, T, 5, 6);
+  const auto& reference = ref.model;
+  const auto& whole = ref.whole;
+  const auto& ids = ref.ids;
+  const auto& targets = ref.targets;
+  const at::Tensor& ref_loss = ref.loss;
   test::run_thread_ranks(
       p,
       [&](dist::Comm& comm, int r) {

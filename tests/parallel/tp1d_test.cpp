@@ -36,19 +36,13 @@ double rel(const at::Tensor& got, const at::Tensor& want) {
 // does, before the comparison.
 void check_arch(const std::string& arch, int tp, bool sequence = false) {
   const ModelConfig config = config_for(arch);
-  auto gen = at::detail::createCPUGenerator(7);
   const int64_t B = 2, T = 12;
-  const at::Tensor ids = at::randint(config.vocab, {B, T}, gen, at::kLong);
-  const at::Tensor targets = at::randint(config.vocab, {B, T}, gen, at::kLong);
-
-  auto reference = models::Model::create(config);
-  const auto whole = test::random_params(*reference, 11);
-  std::vector<at::Tensor> params;
-  for (const auto& p : whole) params.push_back(p.clone());
-  reference->bind_params(params);
-  const at::Tensor ref_loss = reference->loss(ids, targets);
-  ref_loss.backward();
-  const auto specs = reference->param_specs();
+  const auto ref = test::reference_run(config, B, T, 7, 11);
+  const auto& whole = ref.whole;
+  const auto& ids = ref.ids;
+  const auto& targets = ref.targets;
+  const at::Tensor& ref_loss = ref.loss;
+  const auto specs = ref.model->param_specs();
 
   std::vector<std::vector<at::Tensor>> pieces(tp);  // per rank: its parameters, to unshard
   test::run_thread_ranks(
@@ -67,7 +61,7 @@ void check_arch(const std::string& arch, int tp, bool sequence = false) {
         for (size_t i = 0; i < specs.size(); ++i)
           if (sequence && specs[i].sequence_sliced) comm.all_reduce(local[i].mutable_grad());
         for (size_t i = 0; i < specs.size(); ++i) {
-          const at::Tensor want = nn::shard_param(reference->params()[i].second.grad(), specs[i], tp, r);
+          const at::Tensor want = nn::shard_param(ref.model->params()[i].second.grad(), specs[i], tp, r);
           EXPECT_LT(rel(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
         }
         // Per layer, forward: one all-reduce after attention and one after the MLP of B·T·C floats, plus the

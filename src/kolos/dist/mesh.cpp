@@ -26,6 +26,8 @@ std::unique_ptr<Mesh> Mesh::create(const c10::intrusive_ptr<c10d::Store>& store,
   mesh->coords_ = mesh->coords_of(rank);
   mesh->ledger_ = options.ledger ? options.ledger : std::make_shared<Ledger>();
   options.ledger = mesh->ledger_;
+  mesh->store_ = store;
+  mesh->options_ = options;
 
   // Every rank walks the axes in the same order; groups of one axis are disjoint, so they meet concurrently and
   // no rank waits on a group whose members are still busy with another axis.

@@ -50,6 +50,10 @@ class Mesh {
   Comm& data() const { return data_ ? *data_ : *comms_[1]; }
   Comm& world() const { return *world_; }
   Ledger& ledger() const { return *ledger_; }
+  // The store and Comm options the mesh was created with, for sub-groups made later (the 2D grid's rows and
+  // columns, parallel::apply) in a namespace of their own.
+  const c10::intrusive_ptr<c10d::Store>& store() const { return store_; }
+  const Comm::Options& options() const { return options_; }
 
  private:
   Mesh() = default;
@@ -62,6 +66,8 @@ class Mesh {
   std::array<std::shared_ptr<Comm>, 4> comms_;
   std::shared_ptr<Comm> data_;  // dp × sp when sp > 1
   std::shared_ptr<Comm> world_;
+  c10::intrusive_ptr<c10d::Store> store_;
+  Comm::Options options_;
 };
 
 }  // namespace kolos::dist

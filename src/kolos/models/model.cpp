@@ -111,7 +111,7 @@ void Model::bind_params(std::vector<at::Tensor> tensors) {
                specs.size());
   params_.clear();
   for (size_t i = 0; i < specs.size(); ++i) {
-    KOLOS_ASSERT(tensors[i].sizes().vec() == specs[i].local_shape(sharding_.parts), "bind_params: wrong shape for {}",
+    KOLOS_ASSERT(tensors[i].sizes().vec() == specs[i].local_shape(sharding_.layout()), "bind_params: wrong shape for {}",
                  specs[i].name);
     if (!tensors[i].requires_grad()) tensors[i].set_requires_grad(true);
     params_.emplace_back(specs[i].name, tensors[i]);
@@ -153,6 +153,19 @@ at::Tensor Model::attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 at::Tensor Model::head(const at::Tensor& x, const at::Tensor& weight) const {
   return sharding_.head ? sharding_.head(x, weight) : at::matmul(x, weight.t());
+}
+
+at::Tensor Model::layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const {
+  return sharding_.layer_norm ? sharding_.layer_norm(x, weight, bias, config_.norm_eps)
+                              : nn::layer_norm(x, weight, bias, config_.norm_eps);
+}
+
+at::Tensor Model::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+  return sharding_.rms_norm ? sharding_.rms_norm(x, weight, config_.norm_eps) : nn::rms_norm(x, weight, config_.norm_eps);
+}
+
+at::Tensor Model::position_embedding(const at::Tensor& table, int64_t T) const {
+  return position_rows(sharding_.features ? sharding_.features(table) : table, T);
 }
 
 at::Tensor Model::run_block(size_t i, std::function<at::Tensor(const at::Tensor&)> block, const at::Tensor& x) const {

@@ -139,6 +139,11 @@ class Model {
   at::Tensor position_rows(const at::Tensor& table, int64_t T) const;
   at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
   at::Tensor head(const at::Tensor& x, const at::Tensor& weight) const;
+  // The norms as the sharding computes them (nn::layer_norm, nn::rms_norm on one process), and a per-position
+  // table over the hidden features (GPT-2's wpe) for this rank's T tokens and features.
+  at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const;
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor position_embedding(const at::Tensor& table, int64_t T) const;
 
   ModelConfig config_;
   nn::Sharding sharding_;

@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kolos/nn/param.h"
+
 namespace kolos::nn {
 
 // y = f(x, W, b): a Linear's forward as tensor parallelism replaces it.
@@ -36,18 +38,29 @@ std::vector<at::Tensor> forward_many(const at::Tensor& x, const std::vector<cons
 // where it would call the plain functions; its own code stays single-device.
 struct Sharding {
   int parts = 1;  // tensor-parallel degree: a parameter with tp_dim >= 0 holds 1/parts of that dimension
+  // 2D tensor parallelism (parts = q² ranks on a q × q grid): every parameter is a piece (TpLayout), and the
+  // activations are blocks of (batch / q, ..., features / q) — the norms and the position table below are split.
+  bool grid = false;
+  TpLayout layout() const { return TpLayout(parts, grid); }
   // The hidden state entering the blocks (after the embeddings): kept whole, or this rank's slice of the sequence
   // (Megatron-SP), in which case the blocks' norms and dropout run on the slice and the Linears gather it.
   std::function<at::Tensor(const at::Tensor& x)> enter;
   LinearFn column, row;  // Linears whose weight is split along dim 0 (outputs) / dim 1 (inputs)
   // Column-split Linears (at most 3) of one input, fused.
   std::function<std::vector<at::Tensor>(const at::Tensor& x, const std::vector<const Linear*>& layers)> column_many;
-  // Look-up in this rank's rows of the vocabulary; returns the whole (B, T, C) embedding.
+  // Look-up in this rank's rows of the vocabulary; returns the whole (B, T, C) embedding (2D: this rank's block).
   std::function<at::Tensor(const at::Tensor& weight, const at::Tensor& ids)> embedding;
-  // Logits of this rank's slice of the vocabulary from the whole hidden state.
+  // Logits of this rank's slice of the vocabulary from the whole hidden state (2D: from this rank's block, logits
+  // of its batch block).
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight)> head;
   // Mean cross-entropy from logits split over the vocabulary (N, V/parts) against targets (N).
   std::function<at::Tensor(const at::Tensor& logits, const at::Tensor& targets)> cross_entropy;
+  // Norms over the (split) hidden features, and a parameter acting on the hidden features (..., C) of this
+  // rank's activations from its piece (2D: the column's pieces gathered). Unset: nn::layer_norm, rms_norm, identity.
+  std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps)>
+      layer_norm;
+  std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, double eps)> rms_norm;
+  std::function<at::Tensor(const at::Tensor& param)> features;
   // Sequence parallelism (the sp axis): the positions (int64) of this rank's T tokens in the whole sequence, and
   // causal attention of this rank's queries over the whole sequence, q, k, v: (B, H, T, D) at those positions.
   std::function<at::Tensor(int64_t T)> positions;

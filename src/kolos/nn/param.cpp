@@ -14,18 +14,23 @@ int64_t ParamSpec::numel() const {
   return n;
 }
 
-std::vector<int64_t> ParamSpec::local_shape(int parts) const {
-  std::vector<int64_t> local = shape;
-  if (tp_dim >= 0 && parts > 1) local[tp_dim] = (local[tp_dim] + parts - 1) / parts;  // padded when uneven
+namespace {
+
+// 1D: the slices along spec.tp_dim.
+std::vector<int64_t> local_shape_1d(const ParamSpec& spec, int parts) {
+  std::vector<int64_t> local = spec.shape;
+  if (spec.tp_dim >= 0 && parts > 1) local[spec.tp_dim] = (local[spec.tp_dim] + parts - 1) / parts;  // padded when uneven
   return local;
 }
 
-at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, int parts, int index) {
+at::Tensor shard_1d(const at::Tensor& whole, const ParamSpec& spec, int parts, int index) {
   if (spec.tp_dim < 0 || parts == 1) return whole;
   const int64_t d = spec.tp_dim, g = spec.tp_groups, size = whole.size(d);
   if (g == 1) {  // contiguous slices of ceil(size / parts), the last padded with zeros
     const int64_t c = (size + parts - 1) / parts, start = std::min(size, index * c), n = std::min(size, start + c) - start;
-    at::Tensor piece = at::zeros(spec.local_shape(parts), whole.options());
+    std::vector<int64_t> shape(whole.sizes().begin(), whole.sizes().end());
+    shape[d] = c;
+    at::Tensor piece = at::zeros(shape, whole.options());
     if (n > 0) piece.narrow(d, 0, n).copy_(whole.narrow(d, start, n));
     return piece;
   }
@@ -35,14 +40,17 @@ at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, int parts
   std::vector<int64_t> split(whole.sizes().begin(), whole.sizes().end());
   split[d] = size / (g * parts);
   split.insert(split.begin() + d, {g, static_cast<int64_t>(parts)});
-  return whole.reshape(split).select(d + 1, index).reshape(spec.local_shape(parts)).contiguous();
+  std::vector<int64_t> local(whole.sizes().begin(), whole.sizes().end());
+  local[d] = size / parts;
+  return whole.reshape(split).select(d + 1, index).reshape(local).contiguous();
 }
 
-at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec) {
+// `whole_size`: the split dimension's size before the split (the padding is dropped).
+at::Tensor unshard_1d(const std::vector<at::Tensor>& pieces, const ParamSpec& spec, int64_t whole_size) {
   const int parts = static_cast<int>(pieces.size());
   if (spec.tp_dim < 0 || parts == 1) return pieces.at(0);
   const int64_t d = spec.tp_dim, g = spec.tp_groups;
-  if (g == 1) return at::cat(pieces, d).narrow(d, 0, spec.shape[d]).contiguous();  // the padding dropped
+  if (g == 1) return at::cat(pieces, d).narrow(d, 0, whole_size).contiguous();  // the padding dropped
   std::vector<at::Tensor> grouped;  // each piece as (..., g, 1, local / g, ...)
   for (const auto& p : pieces) {
     std::vector<int64_t> split(p.sizes().begin(), p.sizes().end());
@@ -50,7 +58,73 @@ at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec&
     split.insert(split.begin() + d, {g, 1});
     grouped.push_back(p.reshape(split));
   }
-  return at::cat(grouped, d + 1).reshape(spec.shape);
+  std::vector<int64_t> shape(pieces[0].sizes().begin(), pieces[0].sizes().end());
+  shape[d] = whole_size;
+  return at::cat(grouped, d + 1).reshape(shape);
+}
+
+// 2D as two 1D splits of q parts: first by the column j (the outputs, grouped), then by the row i (a matrix's
+// inputs, ungrouped; or the column's block again, into pieces).
+struct GridSplits {
+  ParamSpec by_col, by_row;
+};
+GridSplits grid_splits(const ParamSpec& spec) {
+  const int last = static_cast<int>(spec.shape.size()) - 1;
+  const bool matrix = spec.shape.size() == 2 && spec.tp_dim >= 0;
+  GridSplits s{spec, spec};
+  s.by_col.tp_dim = matrix ? 0 : last;
+  s.by_col.tp_groups = matrix && spec.tp_dim != 0 ? 1 : spec.tp_groups;
+  s.by_row.tp_dim = matrix ? 1 : last;
+  s.by_row.tp_groups = 1;
+  return s;
+}
+
+}  // namespace
+
+int TpLayout::q() const {
+  int q = 1;
+  while (q * q < parts) ++q;
+  KOLOS_ASSERT(grid && q * q == parts, "TpLayout::q of {} ranks (grid {})", parts, grid);
+  return q;
+}
+
+bool split_over_tp(const ParamSpec& spec, const TpLayout& layout) {
+  return layout.parts > 1 && (layout.grid || spec.tp_dim >= 0);
+}
+
+std::vector<int64_t> ParamSpec::local_shape(const TpLayout& layout) const {
+  if (!layout.grid || layout.parts == 1) return local_shape_1d(*this, layout.parts);
+  GridSplits s = grid_splits(*this);
+  s.by_row.shape = local_shape_1d(s.by_col, layout.q());
+  return local_shape_1d(s.by_row, layout.q());
+}
+
+at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, const TpLayout& layout, int index) {
+  if (!layout.grid || layout.parts == 1) return shard_1d(whole, spec, layout.parts, index);
+  const int q = layout.q();
+  const GridSplits s = grid_splits(spec);
+  KOLOS_ASSERT(s.by_row.tp_dim != s.by_col.tp_dim || whole.size(s.by_col.tp_dim) % (q * q) == 0,
+               "parameter {}: dimension {} of size {} does not split into {} pieces", spec.name, s.by_col.tp_dim,
+               whole.size(s.by_col.tp_dim), q * q);
+  return shard_1d(shard_1d(whole, s.by_col, q, index % q), s.by_row, q, index / q).contiguous();
+}
+
+at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec, const TpLayout& layout) {
+  if (!layout.grid || layout.parts == 1)
+    return unshard_1d(pieces, spec, spec.tp_dim >= 0 ? spec.shape[spec.tp_dim] : 0);
+  const int q = layout.q();
+  KOLOS_ASSERT(static_cast<int>(pieces.size()) == layout.parts, "parameter {}: {} pieces for {} ranks", spec.name,
+               pieces.size(), layout.parts);
+  const GridSplits s = grid_splits(spec);
+  // Column j's block from its rows' pieces (ranks i·q + j), then the whole from the blocks.
+  std::vector<at::Tensor> blocks;
+  for (int j = 0; j < q; ++j) {
+    std::vector<at::Tensor> rows;
+    for (int i = 0; i < q; ++i) rows.push_back(pieces[i * q + j]);
+    const int64_t block = rows[0].size(s.by_row.tp_dim) * q;
+    blocks.push_back(unshard_1d(rows, s.by_row, block));
+  }
+  return unshard_1d(blocks, s.by_col, spec.shape[s.by_col.tp_dim]);
 }
 
 int64_t count_params(const std::vector<ParamSpec>& specs) {

@@ -13,6 +13,8 @@ namespace kolos::nn {
 
 enum class Init { kNormal, kZeros, kOnes };
 
+struct TpLayout;
+
 struct ParamSpec {
   std::string name;            // e.g. "h.0.attn.qkv.weight"
   std::vector<int64_t> shape;  // global shape
@@ -31,16 +33,40 @@ struct ParamSpec {
   bool sequence_sliced = false;
 
   int64_t numel() const;
-  // The shape one of `parts` tensor-parallel ranks holds: tp_dim cut to ceil(size / parts) (an uneven split, as
-  // of a vocabulary, is padded with zero rows on the last ranks; grouped splits must be even).
-  std::vector<int64_t> local_shape(int parts) const;
+  // The shape one of `layout`'s tensor-parallel ranks holds. 1D: tp_dim cut to ceil(size / parts) (an uneven
+  // split, as of a vocabulary, is padded with zero rows on the last ranks; grouped splits must be even). 2D: see
+  // TpLayout.
+  std::vector<int64_t> local_shape(const TpLayout& layout) const;
 };
 
-// Rank `index` of `parts`'s piece of a parameter given whole (global shape), as ParamSpec::tp_dim/tp_groups say
-// (a contiguous copy). The whole tensor itself when the parameter is replicated or parts == 1.
-at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, int parts, int index);
+// How the tp group holds the parameters (parallel.tp_mode).
+//   1D (grid false): `parts` ranks, each a slice along ParamSpec::tp_dim; the others replicated.
+//   2D (grid true): parts = q² ranks on a q × q grid, rank r at row i = r / q, column j = r % q
+//     (parallel/tensor/tp2d.h); every parameter is split, none replicated:
+//     - a matrix with tp_dim >= 0 (a Linear's weight (out, in), a vocabulary table (V, C)): dim 0 block j of q
+//       (grouped by tp_groups; an uneven vocabulary padded with zero rows as in 1D), dim 1 block i of q;
+//     - anything else (biases, norm weights, the position table (P, C)): the last dim cut into q blocks (block j,
+//       grouped by tp_groups as its weight's outputs), each cut into q pieces: piece i of block j.
+// Implicit from an int: 1D over that many ranks.
+struct TpLayout {
+  int parts = 1;
+  bool grid = false;
+  TpLayout(int parts_ = 1, bool grid_ = false) : parts(parts_), grid(grid_) {}  // NOLINT: implicit 1D
+  int q() const;  // the grid's side (2D only)
+};
+
+// Whether each tp rank holds a different piece of the parameter (its gradient norm summed over the tp ranks), not
+// a replica.
+bool split_over_tp(const ParamSpec& spec, const TpLayout& layout);
+
+// Rank `index` of the layout's piece of a parameter given whole (global shape), as ParamSpec::tp_dim/tp_groups
+// and TpLayout say (a contiguous copy). The whole tensor itself when the parameter is replicated or parts == 1.
+at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, const TpLayout& layout, int index);
 // The inverse: the whole parameter from all ranks' pieces in rank order.
-at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec);
+at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec, const TpLayout& layout);
+inline at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec) {
+  return unshard_param(pieces, spec, TpLayout(static_cast<int>(pieces.size())));
+}
 
 // Sum of numel over the specs.
 int64_t count_params(const std::vector<ParamSpec>& specs);

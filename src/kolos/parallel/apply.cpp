@@ -4,6 +4,8 @@
 #include <utility>
 #include <vector>
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+
 #include "kolos/core/error.h"
 #include "kolos/parallel/pipeline/stages.h"
 #include "kolos/parallel/sequence/sequence.h"
@@ -13,14 +15,28 @@ namespace kolos::parallel {
 
 namespace {
 
-// Slot 1: tensor sharding (1D, with Megatron-SP) and sequence parallelism on the sp axis (ring, Ulysses).
-void apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh) {
-  if (plan.tp == 1 && plan.sp == 1) return;
+// Slot 1: tensor sharding (1D, with Megatron-SP; 2D) and sequence parallelism on the sp axis (ring, Ulysses).
+// Returns the 2D grid (null otherwise), which must outlive the model.
+std::unique_ptr<tensor::Grid2d> apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan,
+                                                      const dist::Mesh* mesh) {
+  if (plan.tp == 1 && plan.sp == 1) return nullptr;
   KOLOS_ASSERT(mesh, "tensor or sequence parallelism without a mesh");
   nn::Sharding sharding;
-  if (plan.tp > 1) sharding = tensor::tensor_parallel_1d(mesh->comm("tp"), config.model.vocab, plan.megatron_sp);
+  std::unique_ptr<tensor::Grid2d> grid;
+  if (plan.tp > 1 && plan.tp_mode == "2d") {
+    // Collective over the tp group; its lowest world rank names the namespace of its rows and columns.
+    auto coords = mesh->coords_of(mesh->rank());
+    coords[3] = 0;
+    auto store =
+        c10::make_intrusive<c10d::PrefixStore>(fmt::format("mesh/tp2d/{}", mesh->rank_at(coords)), mesh->store());
+    grid = tensor::Grid2d::create(store, mesh->comm("tp"), mesh->options());
+    sharding = tensor::tensor_parallel_2d(*grid, config.model.vocab);
+  } else if (plan.tp > 1) {
+    sharding = tensor::tensor_parallel_1d(mesh->comm("tp"), config.model.vocab, plan.megatron_sp);
+  }
   if (plan.sp > 1) sequence::add_sequence_parallel(sharding, mesh->comm("sp"), plan.sp_mode);
   model.set_sharding(std::move(sharding));
+  return grid;
 }
 
 // Slot 2: activation checkpointing. The blocks keep their input only and are recomputed in backward
@@ -73,7 +89,7 @@ Parallelized apply(models::Model& model, const Config& config, const Plan& plan,
                "parallel::apply: the plan is for {} processes, the mesh has {}", plan.world,
                mesh ? mesh->world_size() : 1);
   Parallelized out;
-  apply_tensor_sequence(model, config, plan, mesh);
+  out.grid = apply_tensor_sequence(model, config, plan, mesh);
   apply_activation_checkpointing(model, config);
   apply_pipeline(model, config, plan, mesh);
   out.data = apply_data_parallel(model, config, plan, mesh);

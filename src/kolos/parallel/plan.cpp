@@ -22,6 +22,49 @@ std::string Plan::describe() const {
   return fmt::format("{}", fmt::join(parts, ", "));
 }
 
+namespace {
+
+// 2D (tensor/tp2d.h): tp = q² ranks on a q × q grid; weights split q × q, activations batch / q × features / q, and
+// the biases and norm weights into q² pieces; the modes it does not compose with yet are refused.
+void check_grid_2d(const Config& config, const Plan& plan) {
+  const auto& m = config.model;
+  int q = 1;
+  while (q * q < plan.tp) ++q;
+  KOLOS_CHECK(q * q == plan.tp,
+              "parallel.tp = {} with tp_mode \"2d\": 2D tensor parallelism needs a square number of tp ranks (a q × q "
+              "grid); use parallel.tp = 4, 9, 16, ...",
+              plan.tp);
+  const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads;
+  KOLOS_CHECK(m.heads % q == 0,
+              "parallel.tp = {} with tp_mode \"2d\": model.heads = {} must be divisible by q = {} (each grid column "
+              "computes whole heads)",
+              plan.tp, m.heads, q);
+  KOLOS_CHECK(kv % q == 0,
+              "parallel.tp = {} with tp_mode \"2d\": the {} key/value heads (model.kv_heads) must be divisible by q = "
+              "{} (each grid column keeps whole key/value heads)",
+              plan.tp, kv, q);
+  KOLOS_CHECK(m.hidden % plan.tp == 0,
+              "parallel.tp = {} with tp_mode \"2d\": model.hidden = {} must be divisible by q² = tp (the norm weights "
+              "and biases are split into q² pieces)",
+              plan.tp, m.hidden);
+  // GPT-2's fc bias is split into q² pieces; LLaMA has no biases, its ffn only into q blocks.
+  const int64_t ffn_parts = m.arch == "gpt2" ? plan.tp : q;
+  KOLOS_CHECK(m.ffn_hidden % ffn_parts == 0,
+              "parallel.tp = {} with tp_mode \"2d\": model.ffn_hidden = {} must be divisible by {} ({})", plan.tp,
+              m.ffn_hidden, ffn_parts, m.arch == "gpt2" ? "q², the pieces of the fc bias" : "q, the grid's side");
+  KOLOS_CHECK(config.train.batch_size % q == 0,
+              "parallel.tp = {} with tp_mode \"2d\": train.batch_size = {} must be divisible by q = {} (the grid's "
+              "rows hold a block of the batch each)",
+              plan.tp, config.train.batch_size, q);
+  KOLOS_CHECK(plan.sp == 1 && plan.pp == 1 && !plan.megatron_sp,
+              "parallel.tp_mode = \"2d\" with sp = {}, pp = {}, megatron_sp = {}: 2D tensor parallelism does not yet "
+              "compose with sequence or pipeline parallelism; use sp = 1, pp = 1, megatron_sp = false, or tp_mode "
+              "\"1d\"",
+              plan.sp, plan.pp, plan.megatron_sp);
+}
+
+}  // namespace
+
 Plan make_plan(const Config& config, int world_size) {
   const auto& p = config.parallel;
   KOLOS_CHECK(world_size >= 1, "world size {}: expected >= 1", world_size);
@@ -54,23 +97,27 @@ Plan make_plan(const Config& config, int world_size) {
               "started): set parallel.dp = 0 to derive it, or start {} processes",
               plan.pp, plan.dp, plan.sp, plan.tp, plan.dp * others, world_size, plan.dp * others);
 
-  // Tensor parallelism (1D): every split dimension must divide (the vocabulary is padded instead).
+  // Tensor parallelism: every split dimension must divide (the vocabulary is padded instead).
   if (plan.tp > 1) {
     const auto& m = config.model;
-    KOLOS_CHECK(plan.tp_mode == "1d",
-                "parallel.tp_mode = \"{}\": 2D, 2.5D and 3D tensor parallelism are not yet supported (issue 8); use "
-                "\"1d\"",
+    KOLOS_CHECK(plan.tp_mode == "1d" || plan.tp_mode == "2d",
+                "parallel.tp_mode = \"{}\": 2.5D and 3D tensor parallelism are not yet supported (issue 8); use "
+                "\"1d\" or \"2d\"",
                 plan.tp_mode);
-    const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads;
-    KOLOS_CHECK(m.heads % plan.tp == 0,
-                "parallel.tp = {}: model.heads = {} must be divisible by tp (each rank computes whole heads)", plan.tp,
-                m.heads);
-    KOLOS_CHECK(kv % plan.tp == 0,
-                "parallel.tp = {}: the {} key/value heads (model.kv_heads) must be divisible by tp (each rank keeps "
-                "whole key/value heads)",
-                plan.tp, kv);
-    KOLOS_CHECK(m.ffn_hidden % plan.tp == 0, "parallel.tp = {}: model.ffn_hidden = {} must be divisible by tp",
-                plan.tp, m.ffn_hidden);
+    if (plan.tp_mode == "2d") {
+      check_grid_2d(config, plan);
+    } else {
+      const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads;
+      KOLOS_CHECK(m.heads % plan.tp == 0,
+                  "parallel.tp = {}: model.heads = {} must be divisible by tp (each rank computes whole heads)",
+                  plan.tp, m.heads);
+      KOLOS_CHECK(kv % plan.tp == 0,
+                  "parallel.tp = {}: the {} key/value heads (model.kv_heads) must be divisible by tp (each rank keeps "
+                  "whole key/value heads)",
+                  plan.tp, kv);
+      KOLOS_CHECK(m.ffn_hidden % plan.tp == 0, "parallel.tp = {}: model.ffn_hidden = {} must be divisible by tp",
+                  plan.tp, m.ffn_hidden);
+    }
   }
   // Slots of later issues.
   if (plan.sp > 1) {

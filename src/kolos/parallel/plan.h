@@ -4,13 +4,15 @@
 // make_plan() fails with kolos::InputError (exit 2) naming the bad key, its value and the rule it breaks:
 //   - pp × dp × sp × tp must equal the world size; parallel.dp = 0 derives dp = world / (pp · sp · tp), which must
 //     be a whole number;
-//   - tensor parallelism (1d): heads, key/value heads and model.ffn_hidden divisible by tp; megatron_sp needs
+//   - tensor parallelism (1d): heads, key/value heads and model.ffn_hidden divisible by tp; (2d): tp = q² a perfect
+//     square, heads and key/value heads divisible by q, model.hidden by q², ffn_hidden by q² (GPT-2, whose fc bias
+//     is in q² pieces) or q (LLaMA), train.batch_size by q, and no sp, pp or megatron_sp; megatron_sp needs
 //     tp > 1 and the sequence (per sp rank) divisible by tp; sp: ring needs the sequence divisible by 2·sp,
 //     ulysses by sp and the heads per tp rank by sp;
 //   - pipeline (pp > 1): the schedule's rules (pp_virtual > 1 only with "interleaved", whose train.grad_accum
 //     micro-batches must be a multiple of pp), the stage split's (model.layers >= pp · pp_virtual; pp_layers one
 //     count per virtual stage summing to model.layers), and zero <= 1;
-//   - a mode whose issue has not landed yet (tp_mode 2d/2.5d/3d, zero = 3) is "not yet supported" — each later
+//   - a mode whose issue has not landed yet (tp_mode 2.5d/3d, zero = 3) is "not yet supported" — each later
 //     issue lifts exactly its own rule;
 //   - parallel.zero > 0 needs dp > 1 to shard anything: with dp = 1 it is accepted and behaves as zero = 0.
 // The Plan is a value: every rank computes the same one from the same config and world size.
@@ -19,6 +21,7 @@
 #include <string>
 
 #include "kolos/config/config.h"
+#include "kolos/nn/param.h"
 
 namespace kolos::parallel {
 
@@ -33,6 +36,8 @@ struct Plan {
 
   // "dp=2, zero=1" style one-line description (axes of degree 1 left out; "1 process" when nothing is parallel).
   std::string describe() const;
+  // How the tp ranks hold the parameters (nn::TpLayout): 1D over tp, or the 2D grid.
+  nn::TpLayout tp_layout() const { return nn::TpLayout(tp, tp > 1 && tp_mode == "2d"); }
 };
 
 // Validates `config.parallel` against `world_size` and `config.model` (see the rules above) and returns the plan.

@@ -130,6 +130,7 @@ struct StageWork {
   int64_t shape_sends = 0, shape_recvs = 0;  // per run: one per stage pair
   bool tied = false;  // exchanges the tied embedding's gradient with another stage once per step
   int64_t elements = 0;
+  bool gpt = false;  // GPT-2 (biases, LayerNorm, a position table) rather than LLaMA
 };
 
 StageWork stage_work(const Config& config, const Plan& plan, int stage) {
@@ -142,6 +143,7 @@ StageWork stage_work(const Config& config, const Plan& plan, int stage) {
     model->set_segments(segments);
   }
   w.stem = w.head = false;
+  w.gpt = config.model.arch == "gpt2";
   const int V = plan.pp * plan.pp_virtual;
   for (size_t c = 0; c < segments.size(); ++c) {
     const auto& seg = segments[c];
@@ -161,7 +163,7 @@ StageWork stage_work(const Config& config, const Plan& plan, int stage) {
   }
   for (const auto& spec : model->param_specs()) {
     int64_t n = 1;
-    for (int64_t d : spec.local_shape(plan.tp)) n *= d;
+    for (int64_t d : spec.local_shape(plan.tp_layout())) n *= d;
     w.elements += n;
   }
   return w;
@@ -182,14 +184,43 @@ StageWork stage_work(const Config& config, const Plan& plan, int stage) {
 //               one gradient send back per chunk that is not the first (backward), receives the duals; one shape
 //               message per stage pair per run (forward); the tied embedding's gradient once per step each way
 //               (backward); the squared gradient norm summed once per step (optimizer).
+//   tp 2D (tensor/tp2d.h, on the grid's rows tp_row and columns tp_col, q = √tp): a Linear (GPT-2 4 per block with
+//               biases, LLaMA 7 without) is q row and q column broadcasts forward, the same plus q row and q column
+//               reduces backward; a bias or norm affine one column all-gather forward, one reduce-scatter backward;
+//               a norm's statistics 2 row all-reduces forward (LayerNorm; RMSNorm 1), 1 backward. The stem: the
+//               embedding's row reduce-scatter (all-gather backward) and, off the grid's diagonal, one send and one
+//               receive on tp each way; GPT-2's position table one column all-gather (reduce-scatter backward).
+//               The head: the final norm, the head's product (a Linear without bias), 3 row all-reduces in the
+//               loss and one column all-reduce of the rows' means.
 // A block under activation checkpointing (`recomputed` of them) runs its forward again in backward, with its forward
 // collectives (counted in the forward phase).
 std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, const StageWork& w,
-                                                                             int64_t micro_steps, int64_t steps) {
+                                                                             int64_t micro_steps, int64_t steps,
+                                                                             int tp_coord) {
   std::map<std::tuple<std::string, std::string, std::string>, int64_t> want;
   const int64_t L = w.blocks, m = micro_steps, F = w.blocks + w.recomputed;  // block forwards per micro-step
   const int64_t stem = w.stem ? 1 : 0, head = w.head ? 1 : 0;
-  if (plan.tp > 1 && !plan.megatron_sp) {
+  if (plan.tp > 1 && plan.tp_mode == "2d") {
+    const int64_t q = plan.tp_layout().q(), linears = w.gpt ? 4 : 7, affines = (w.gpt ? 4 : 0) + 2;
+    const int64_t stats = w.gpt ? 2 : 1, wpe = w.gpt ? stem : 0;
+    const int64_t transposes = tp_coord / q != tp_coord % q ? stem : 0;
+    for (const char* axis : {"tp_row", "tp_col"}) {
+      want[{axis, "broadcast", "forward"}] = m * q * (linears * F + head);
+      want[{axis, "broadcast", "backward"}] = m * q * (linears * L + head);
+      want[{axis, "reduce", "backward"}] = m * q * (linears * L + head);
+    }
+    want[{"tp_col", "all_gather", "forward"}] = m * (affines * F + wpe + head);
+    want[{"tp_col", "reduce_scatter", "backward"}] = m * (affines * L + wpe + head);
+    want[{"tp_row", "all_reduce", "forward"}] = m * (2 * stats * F + (stats + 3) * head);
+    want[{"tp_row", "all_reduce", "backward"}] = m * (2 * L + head);
+    want[{"tp_col", "all_reduce", "forward"}] = m * head;
+    want[{"tp_row", "reduce_scatter", "forward"}] = m * stem;
+    want[{"tp_row", "all_gather", "backward"}] = m * stem;
+    for (const char* phase : {"forward", "backward"}) {
+      want[{"tp", "send", phase}] = m * transposes;
+      want[{"tp", "recv", phase}] = m * transposes;
+    }
+  } else if (plan.tp > 1 && !plan.megatron_sp) {
     want[{"tp", "all_reduce", "forward"}] = m * (2 * F + stem + 3 * head);
     want[{"tp", "all_reduce", "backward"}] = m * (2 * L + head);
   } else if (plan.tp > 1) {
@@ -262,7 +293,8 @@ void check_ranks(const Layout& layout, const Plan& plan, const std::vector<Stage
       if (!c.contains(on) || !c[on].contains(op) || !c[on][op].contains(phase)) return 0;
       return c[on][op][phase]["calls"].get<int64_t>();
     };
-    for (const auto& [key, n] : axis_ops(plan, work, steps * layout.grad_accum, steps)) {
+    // tp ranks are world-rank neighbours (dist/mesh.h): the tp coordinate is the rank modulo tp.
+    for (const auto& [key, n] : axis_ops(plan, work, steps * layout.grad_accum, steps, r % plan.tp)) {
       const auto& [on, op, phase] = key;
       const int64_t got = calls_on(on, op, phase);
       if (got != n) {

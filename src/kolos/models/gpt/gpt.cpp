@@ -81,21 +81,21 @@ at::Tensor Gpt::block_forward(const Block& b, const at::Tensor& x) const {
   // The heads are those the qkv weight holds (all of them on one process).
   // The sequence is the one the qkv product returns (whole, also when x is a slice of it under Megatron-SP).
   const int64_t B = x.size(0), D = config_.hidden / config_.heads, H = b.qkv.weight.size(0) / (3 * D);
-  at::Tensor h = nn::layer_norm(x, b.ln1_w, b.ln1_b, config_.norm_eps);
+  at::Tensor h = layer_norm(x, b.ln1_w, b.ln1_b);
   at::Tensor qkv = b.qkv.forward(h);
   const int64_t T = qkv.size(1);
   qkv = qkv.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // (3, B, H, T, D)
   at::Tensor y = attention(qkv[0], qkv[1], qkv[2]);                                  // (B, H, T, D)
   y = y.transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.proj.forward(y));
-  h = nn::layer_norm(r, b.ln2_w, b.ln2_b, config_.norm_eps);
+  h = layer_norm(r, b.ln2_w, b.ln2_b);
   return r + dropout(b.fc_proj.forward(nn::gelu(b.fc.forward(h))));
 }
 
 at::Tensor Gpt::stem(const at::Tensor& ids) const {
   const int64_t T = ids.size(1);
   KOLOS_CHECK(T <= config_.seq_len, "sequence of {} tokens is longer than model.seq_len = {}", T, config_.seq_len);
-  return dropout(enter_blocks(embed(wte_, ids) + position_rows(wpe_, T)));
+  return dropout(enter_blocks(embed(wte_, ids) + position_embedding(wpe_, T)));
 }
 
 at::Tensor Gpt::block(size_t i, const at::Tensor& x) const {
@@ -103,7 +103,7 @@ at::Tensor Gpt::block(size_t i, const at::Tensor& x) const {
 }
 
 at::Tensor Gpt::final_norm(const at::Tensor& x) const {
-  return nn::layer_norm(x, lnf_w_, lnf_b_, config_.norm_eps);
+  return layer_norm(x, lnf_w_, lnf_b_);
 }
 
 }  // namespace kolos::models

@@ -75,7 +75,7 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
   // The sequence is the one the projections return (whole, also when x is a slice of it under Megatron-SP).
   const int64_t B = x.size(0), D = config_.hidden / config_.heads;
   const int64_t H = b.q.weight.size(0) / D, KV = b.k.weight.size(0) / D;
-  at::Tensor h = nn::rms_norm(x, b.attn_norm, config_.norm_eps);
+  at::Tensor h = rms_norm(x, b.attn_norm);
   const auto qkv = nn::forward_many(h, {&b.q, &b.k, &b.v}, sharding_);
   const int64_t T = qkv[0].size(1);
   at::Tensor cos = position_rows(rope_cos_, T), sin = position_rows(rope_sin_, T);
@@ -85,7 +85,7 @@ at::Tensor Llama::block_forward(const Block& b, const at::Tensor& x) const {
   // k, v keep their KV heads: attention serves each to H/KV consecutive query heads.
   at::Tensor y = attention(q, k, v).transpose(1, 2).reshape({B, T, H * D});
   at::Tensor r = x + dropout(b.o.forward(y));
-  h = nn::rms_norm(r, b.mlp_norm, config_.norm_eps);
+  h = rms_norm(r, b.mlp_norm);
   const auto gate_up = nn::forward_many(h, {&b.gate, &b.up}, sharding_);
   return r + dropout(b.down.forward(at::silu(gate_up[0]) * gate_up[1]));
 }
@@ -100,6 +100,6 @@ at::Tensor Llama::block(size_t i, const at::Tensor& x) const {
   return run_block(i, [this, b = blocks_.at(i)](const at::Tensor& h) { return block_forward(b, h); }, x);
 }
 
-at::Tensor Llama::final_norm(const at::Tensor& x) const { return nn::rms_norm(x, norm_, config_.norm_eps); }
+at::Tensor Llama::final_norm(const at::Tensor& x) const { return rms_norm(x, norm_); }
 
 }  // namespace kolos::models

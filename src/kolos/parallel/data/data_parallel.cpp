@@ -26,7 +26,7 @@ constexpr int64_t kAlign = 16;  // floats: 64 bytes
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // Elements of this tp rank's piece of the parameter.
-int64_t local_numel(const nn::ParamSpec& spec, int tp) {
+int64_t local_numel(const nn::ParamSpec& spec, const nn::TpLayout& tp) {
   int64_t n = 1;
   for (int64_t d : spec.local_shape(tp)) n *= d;
   return n;
@@ -63,6 +63,7 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     tp_ = tp_comm_->size();
     tp_rank_ = tp_comm_->rank();
   }
+  tp_layout_ = nn::TpLayout(tp_, model_.sharding().grid);
   KOLOS_ASSERT(model_.sharding().parts == tp_, "the model is sharded {} ways, the tp Comm has {} ranks",
                model_.sharding().parts, tp_);
   if (comm_ && comm_->size() > 1) {
@@ -99,7 +100,7 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     const auto& slot = slots_[i];
     at::Tensor p = flat_params_.narrow(0, slot.offset, slot.numel).view(slot.shape);
     // Initialised on the global shape; this tp rank keeps its piece.
-    p.copy_(nn::shard_param(nn::init_param(specs[i], config_.train.seed), specs[i], tp_, tp_rank_));
+    p.copy_(nn::shard_param(nn::init_param(specs[i], config_.train.seed), specs[i], tp_layout_, tp_rank_));
     p.set_requires_grad(true);
     if (zero_ < 2) p.mutable_grad() = flat_grads_.narrow(0, slot.offset, slot.numel).view(slot.shape);
     params_.push_back(p);
@@ -149,11 +150,11 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     ob.norm_reducers.push_back([this](at::Tensor& sums) {
       at::Tensor split = sums.clone();
       for (size_t t = 0; t < specs_.size(); ++t)
-        if (specs_[t].tp_dim < 0) split.narrow(0, 2 * static_cast<int64_t>(t), 2).zero_();
+        if (!nn::split_over_tp(specs_[t], tp_layout_)) split.narrow(0, 2 * static_cast<int64_t>(t), 2).zero_();
       dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOptimizer);
       tp_comm_->all_reduce(split);
       for (size_t t = 0; t < specs_.size(); ++t)
-        if (specs_[t].tp_dim >= 0) sums.narrow(0, 2 * static_cast<int64_t>(t), 2).copy_(split.narrow(0, 2 * t, 2));
+        if (nn::split_over_tp(specs_[t], tp_layout_)) sums.narrow(0, 2 * static_cast<int64_t>(t), 2).copy_(split.narrow(0, 2 * t, 2));
     });
   }
   pieces_ = ob.pieces;
@@ -226,7 +227,7 @@ void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
   int end = n;
   int64_t size = 0;
   for (int i = n - 1; i >= 0; --i) {
-    size += round_up(local_numel(specs[i], tp_), kAlign);
+    size += round_up(local_numel(specs[i], tp_layout_), kAlign);
     if (size >= cap || i == 0) {
       ranges.emplace_back(i, end);
       end = i;
@@ -249,9 +250,9 @@ void DataParallel::build_layout(const std::vector<nn::ParamSpec>& specs) {
                                         : (s.decay || config_.optim.decay_norms_biases);
       // Norms and biases: the specs without decay that are not embeddings.
       const bool adapt = s.decay || s.is_embedding || config_.optim.adapt_norms_biases;
-      slots_[i] = {s.name, pos, s.local_shape(tp_), local_numel(s, tp_), decay, adapt};
+      slots_[i] = {s.name, pos, s.local_shape(tp_layout_), local_numel(s, tp_layout_), decay, adapt};
       bucket_of_[i] = static_cast<int>(b);
-      pos = round_up(pos + local_numel(s, tp_), kAlign);
+      pos = round_up(pos + local_numel(s, tp_layout_), kAlign);
     }
     bucket.numel = round_up(pos - offset, kAlign * dp_);
     bucket.shard_offset = shard;
@@ -580,7 +581,7 @@ double DataParallel::grad_norm() {
     for (const auto& piece : pieces_) {
       if (norm_excluded_[piece.tensor]) continue;
       const double sq = optim::sum_of_squares(grad_buffer_.narrow(0, piece.grad_offset, piece.numel));
-      (specs_[piece.tensor].tp_dim >= 0 ? split : replicated) += sq;
+      (nn::split_over_tp(specs_[piece.tensor], tp_layout_) ? split : replicated) += sq;
     }
     at::Tensor split_sum = at::full({1}, split, at::kDouble);
     if (tp_ > 1) {
@@ -702,7 +703,7 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
                   "optimizer state: tensor {} has shape {} ({}), expected {} (float32)", name,
                   fmt::join(it->second.sizes(), "x"), c10::toString(it->second.scalar_type()),
                   fmt::join(spec.shape, "x"));
-      full.narrow(0, s.offset, s.numel).copy_(nn::shard_param(it->second, spec, tp_, tp_rank_).reshape({-1}));
+      full.narrow(0, s.offset, s.numel).copy_(nn::shard_param(it->second, spec, tp_layout_, tp_rank_).reshape({-1}));
     }
     if (zero_ == 0) {
       target.copy_(full);
@@ -717,7 +718,7 @@ void DataParallel::load_optimizer_state(const std::vector<std::pair<std::string,
 
 at::Tensor DataParallel::whole_across_tp(const at::Tensor& piece, size_t param) {
   const auto& spec = specs_[param];
-  if (tp_ == 1 || spec.tp_dim < 0) return piece;
+  if (!nn::split_over_tp(spec, tp_layout_)) return piece;
   at::Tensor gathered = at::empty({tp_ * piece.numel()}, piece.options());
   {
     dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOther);
@@ -725,7 +726,7 @@ at::Tensor DataParallel::whole_across_tp(const at::Tensor& piece, size_t param) 
   }
   std::vector<at::Tensor> pieces;
   for (int r = 0; r < tp_; ++r) pieces.push_back(gathered.narrow(0, r * piece.numel(), piece.numel()).view(piece.sizes()));
-  return nn::unshard_param(pieces, spec);
+  return nn::unshard_param(pieces, spec, tp_layout_);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> DataParallel::whole_params() {
@@ -752,7 +753,7 @@ void DataParallel::load_whole_params(const std::map<std::string, at::Tensor>& te
     if (chunks_) {
       chunks_->set_param(chunk_param_[i], it->second);
     } else {
-      params_[i].copy_(nn::shard_param(it->second, spec, tp_, tp_rank_));
+      params_[i].copy_(nn::shard_param(it->second, spec, tp_layout_, tp_rank_));
     }
   }
 }

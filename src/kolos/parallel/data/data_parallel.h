@@ -212,6 +212,7 @@ class DataParallel {
   dist::Comm* comm_ = nullptr;  // not owned: the mesh outlives this
   dist::Comm* tp_comm_ = nullptr;
   int dp_ = 1, rank_ = 0, zero_ = 0, tp_ = 1, tp_rank_ = 0;
+  nn::TpLayout tp_layout_;  // how the tp ranks hold the parameters (1D, or the 2D grid)
   std::vector<nn::ParamSpec> specs_;
   std::vector<optim::Piece> pieces_;  // the optimizer's (gradient offsets in grad_buffer_)
   at::Tensor grad_buffer_;

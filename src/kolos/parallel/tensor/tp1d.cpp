@@ -101,6 +101,8 @@ at::Tensor column(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return column_many(x, {&l}, comm, sequence)[0];
 }
 
+}  // namespace
+
 at::Tensor vocab_cross_entropy(at::Tensor logits, const at::Tensor& targets, int64_t vocab, dist::Comm& comm) {
   const int64_t part = logits.size(-1), start = comm.rank() * part;
   if (start + part > vocab) {  // padding rows of the table: no token, no probability
@@ -123,15 +125,12 @@ at::Tensor vocab_cross_entropy(at::Tensor logits, const at::Tensor& targets, int
   return (sum_exp.log() - picked).mean();
 }
 
-at::Tensor vocab_embedding(const at::Tensor& weight, const at::Tensor& ids, dist::Comm& comm) {
-  const int64_t part = weight.size(0), start = comm.rank() * part;
+at::Tensor vocab_rows(const at::Tensor& weight, const at::Tensor& ids, int64_t start) {
+  const int64_t part = weight.size(0);
   at::Tensor local = ids - start;
   at::Tensor mine = (local >= 0).logical_and(local < part);
-  at::Tensor rows = at::embedding(weight, local.clamp(0, part - 1)) * mine.unsqueeze(-1);
-  return reduce_from(rows, comm);
+  return at::embedding(weight, local.clamp(0, part - 1)) * mine.unsqueeze(-1);
 }
-
-}  // namespace
 
 nn::Sharding tensor_parallel_1d(dist::Comm& tp, int64_t vocab, bool sequence_parallel) {
   nn::Sharding s;
@@ -151,7 +150,9 @@ nn::Sharding tensor_parallel_1d(dist::Comm& tp, int64_t vocab, bool sequence_par
     at::Tensor y = sp ? scatter(partial, 1, *comm) : reduce_from(partial, *comm);
     return b.defined() ? y + b : y;
   };
-  s.embedding = [comm](const at::Tensor& w, const at::Tensor& ids) { return vocab_embedding(w, ids, *comm); };
+  s.embedding = [comm](const at::Tensor& w, const at::Tensor& ids) {
+    return reduce_from(vocab_rows(w, ids, comm->rank() * w.size(0)), *comm);
+  };
   s.head = [comm, sp](const at::Tensor& x, const at::Tensor& w) { return column(x, w, at::Tensor(), *comm, sp); };
   s.cross_entropy = [comm, vocab](const at::Tensor& logits, const at::Tensor& targets) {
     return vocab_cross_entropy(logits, targets, vocab, *comm);

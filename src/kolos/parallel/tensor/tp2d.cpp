@@ -9,6 +9,7 @@
 
 #include "kolos/core/error.h"
 #include "kolos/parallel/tensor/regions.h"
+#include "kolos/parallel/tensor/tp1d.h"
 
 namespace kolos::parallel::tensor {
 
@@ -152,6 +153,32 @@ struct NormStats : torch::autograd::Function<NormStats> {
   }
 };
 
+// Rank (i, j)'s block ↔ rank (j, i)'s, on the tp group; its own dual.
+struct Transpose : torch::autograd::Function<Transpose> {
+  static at::Tensor exchange(const at::Tensor& x, Grid2d& grid, Phase phase) {
+    const int partner = grid.col_index() * grid.q() + grid.row_index();
+    Ledger::PhaseScope scope(grid.all().ledger(), phase);
+    const at::Tensor out = x.contiguous();
+    at::Tensor in = at::empty_like(out);
+    dist::Handle sent = grid.all().send_async(out, partner);
+    grid.all().recv(in, partner);
+    sent.wait();
+    return in;
+  }
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Grid2d* grid) {
+    save_grid(ctx, *grid);
+    return exchange(x, *grid, Phase::kForward);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {exchange(grads[0], saved_grid(ctx), Phase::kBackward), at::Tensor()};
+  }
+};
+
+at::Tensor transpose_blocks(const at::Tensor& x, Grid2d& grid) {
+  if (grid.row_index() == grid.col_index()) return x;
+  return Transpose::apply(x, &grid);
+}
+
 void check_divides(int64_t size, int64_t parts, const char* what) {
   KOLOS_CHECK(size % parts == 0, "2D tensor parallelism splits {} of size {} into {} parts; it must divide by {}",
               what, size, parts, parts);
@@ -207,6 +234,35 @@ at::Tensor layer_norm_2d(const at::Tensor& x, const at::Tensor& weight, const at
 
 at::Tensor rms_norm_2d(const at::Tensor& x, const at::Tensor& weight, double eps, Grid2d& grid) {
   return NormStats::apply(x, eps, /*centre=*/false, &grid) * gather_rs(weight, 0, grid.col());
+}
+
+nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab) {
+  nn::Sharding s;
+  s.parts = grid.q() * grid.q();
+  s.grid = true;
+  Grid2d* g = &grid;
+  s.column = s.row = [g](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    return linear_2d(x, w, b, *g);
+  };
+  s.head = [g](const at::Tensor& x, const at::Tensor& w) { return linear_2d(x, w, at::Tensor(), *g); };
+  s.embedding = [g](const at::Tensor& w, const at::Tensor& ids) {
+    check_divides(ids.size(0), g->q(), "the batch");
+    const at::Tensor rows = vocab_rows(w, ids, g->col_index() * w.size(0));  // features block i, every token
+    return transpose_blocks(scatter(rows, 0, g->row()), *g);
+  };
+  s.cross_entropy = [g, vocab](const at::Tensor& logits, const at::Tensor& targets) {
+    const int64_t n = logits.size(0);
+    KOLOS_ASSERT(targets.size(0) == n * g->q(), "2D cross-entropy: {} logits rows of {} targets on a {}-row grid", n,
+                 targets.size(0), g->q());
+    at::Tensor mean = vocab_cross_entropy(logits, targets.narrow(0, g->row_index() * n, n), vocab, g->row());
+    return reduce_from(mean.reshape({1}), g->col()).squeeze(0) / g->q();
+  };
+  s.layer_norm = [g](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+    return layer_norm_2d(x, w, b, eps, *g);
+  };
+  s.rms_norm = [g](const at::Tensor& x, const at::Tensor& w, double eps) { return rms_norm_2d(x, w, eps, *g); };
+  s.features = [g](const at::Tensor& p) { return gather_rs(p, p.dim() - 1, g->col()); };
+  return s;
 }
 
 at::Tensor activation_block_2d(const at::Tensor& whole, int64_t token_dim, const Grid2d& grid) {

@@ -1,6 +1,7 @@
 // 2D tensor parallelism (Optimus, arXiv 2104.05343): weights AND activations split over a q × q grid of the tp
 // group, products by SUMMA. Standalone pieces — the grid, the Linear, the LayerNorm/RMSNorm statistics and the
-// slicing of whole tensors into this rank's blocks; parallel::apply does not use them yet.
+// slicing of whole tensors into this rank's blocks — and the whole model's sharding built from them
+// (tensor_parallel_2d, parallel.tp_mode = "2d").
 //
 // Grid. tp rank r (t = q² ranks) sits at row i = r / q, column j = r % q. Its row group is the q ranks of row i
 // (ranked by j: ranks of one row are tp neighbours), its column group the q ranks of column j (ranked by i).
@@ -45,6 +46,7 @@
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include "kolos/dist/comm.h"
+#include "kolos/nn/layers.h"
 
 namespace kolos::parallel::tensor {
 
@@ -83,6 +85,22 @@ at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& weight, const at::Te
 at::Tensor layer_norm_2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                          Grid2d& grid);
 at::Tensor rms_norm_2d(const at::Tensor& x, const at::Tensor& weight, double eps, Grid2d& grid);
+
+// The whole model on the grid: nn::Sharding for parallel::apply (parts = q², grid). Every Linear is linear_2d
+// (column- and row-parallel alike), the norms layer_norm_2d / rms_norm_2d, GPT-2's position table gathered along
+// the column (features), and the activations are blocks of the batch (i) × features (j): the batch (B) divides
+// by q. `vocab`: the model's vocabulary. `grid` must outlive the model.
+//   embedding   the table (V, C) as a weight (nn::TpLayout): rank (i, j) holds vocabulary block j (ceil(V/q) rows,
+//               the last padded with zeros) of features block i. Each rank looks up every token (B, T) in its rows
+//               (zeros for the others), the row reduce-scatters that along the batch — rank (i, j) then holds
+//               the sum over the vocabulary of batch block j, features block i: X[j, i] — and the transposed
+//               ranks (i, j) ↔ (j, i) exchange their blocks (a send and a receive on the tp group; the diagonal
+//               keeps its own). Backward: the exchange, then the row's all-gather.
+//   head        linear_2d of the final hidden state with the table (tied or lm_head, the same layout): logits
+//               block (batch i, vocabulary block j) on rank (i, j); the full logits are never gathered.
+//   cross_entropy  vocab-parallel along the row (tp1d.h's, on batch block i's targets), the rows' means averaged
+//               by an all-reduce along the column (identity backward).
+nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab);
 
 // This rank's block of whole tensors (copies, contiguous) — to shard parameters and inputs, and in tests.
 //   activation: token block i along `token_dim`, feature block j along the last dimension (X[i, j], Y[i, j]).
