@@ -73,12 +73,19 @@ void check(int p, int64_t T, const std::function<at::Tensor(int)>& positions_of,
                    v = mine(c.v).requires_grad_(true);
         at::Tensor out = attention(q, k, v, comm);
         const auto& ledger = comm.ledger();
-        if (volume.sent_forward > 0) EXPECT_EQ(ledger.bytes("sp", "send", dist::Phase::kForward), volume.sent_forward);
-        if (volume.exchanged > 0) EXPECT_EQ(ledger.bytes("sp", "all_to_all", dist::Phase::kForward), volume.exchanged);
+        if (volume.sent_forward > 0) {
+          EXPECT_EQ(ledger.bytes("sp", "send", dist::Phase::kForward), volume.sent_forward);
+        }
+        if (volume.exchanged > 0) {
+          EXPECT_EQ(ledger.bytes("sp", "all_to_all", dist::Phase::kForward), volume.exchanged);
+        }
         (out * mine(c.w)).sum().backward();
-        if (volume.sent_backward > 0)
+        if (volume.sent_backward > 0) {
           EXPECT_EQ(ledger.bytes("sp", "send", dist::Phase::kBackward), volume.sent_backward);
-        if (volume.exchanged > 0) EXPECT_EQ(ledger.bytes("sp", "all_to_all", dist::Phase::kBackward), volume.exchanged);
+        }
+        if (volume.exchanged > 0) {
+          EXPECT_EQ(ledger.bytes("sp", "all_to_all", dist::Phase::kBackward), volume.exchanged);
+        }
         expect_close(out.detach(), mine(c.out), "out");
         expect_close(q.grad(), mine(c.dq), "dq");
         expect_close(k.grad(), mine(c.dk), "dk");

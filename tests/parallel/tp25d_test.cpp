@@ -78,7 +78,9 @@ void check_block(int q, int d, bool layer_norm) {
     EXPECT_LT(rel_diff(lw1.grad(), weight_block_2d(w1.grad(), layer)), kTol) << "rank " << r << " dW1";
     EXPECT_LT(rel_diff(lb1.grad(), vector_piece_2d(b1.grad(), layer)), kTol) << "rank " << r << " db1";
     EXPECT_LT(rel_diff(lg.grad(), vector_piece_2d(g.grad(), layer)), kTol) << "rank " << r << " dg";
-    if (layer_norm) EXPECT_LT(rel_diff(lbeta.grad(), vector_piece_2d(beta.grad(), layer)), kTol) << "rank " << r << " dbeta";
+    if (layer_norm) {
+      EXPECT_LT(rel_diff(lbeta.grad(), vector_piece_2d(beta.grad(), layer)), kTol) << "rank " << r << " dbeta";
+    }
     EXPECT_LT(rel_diff(lw2.grad(), weight_block_2d(w2.grad(), layer)), kTol) << "rank " << r << " dW2";
     EXPECT_LT(rel_diff(lb2.grad(), vector_piece_2d(b2.grad(), layer)), kTol) << "rank " << r << " db2";
   });

@@ -241,10 +241,12 @@ void check_model(const std::string& arch) {
       local.push_back(nn::shard_param(whole[i], specs[i], layout, r).clone());
       // The placements are the blocks the 2D layers compute on (ungrouped, unpadded ones: the same slicing).
       const bool matrix = specs[i].shape.size() == 2 && specs[i].tp_dim >= 0;
-      if (matrix && specs[i].tp_groups == 1 && specs[i].shape[0] % q == 0)
+      if (matrix && specs[i].tp_groups == 1 && specs[i].shape[0] % q == 0) {
         EXPECT_TRUE(at::equal(local.back(), weight_block_2d(whole[i], grid))) << specs[i].name;
-      if (specs[i].shape.size() == 1 && specs[i].tp_groups == 1)
+      }
+      if (specs[i].shape.size() == 1 && specs[i].tp_groups == 1) {
         EXPECT_TRUE(at::equal(local.back(), vector_piece_2d(whole[i], grid))) << specs[i].name;
+      }
     }
     model->bind_params(local);
     pieces[r] = local;
