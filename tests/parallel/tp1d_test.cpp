@@ -15,6 +15,7 @@
 #include "kolos/config/config.h"
 #include "kolos/models/model.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/support.h"
 #include "tests/models/small_models.h"
 
 namespace kolos::parallel::tensor {
@@ -27,10 +28,6 @@ ModelConfig config_for(const std::string& arch) {
   return c;
 }
 
-double rel(const at::Tensor& got, const at::Tensor& want) {
-  const double norm = want.norm().item<double>();
-  return (got - want).norm().item<double>() / (norm > 0 ? norm : 1.0);
-}
 
 // With `sequence` (Megatron-SP) the gradients of sequence_sliced parameters are summed over tp here, as the trainer
 // does, before the comparison.
@@ -62,7 +59,7 @@ void check_arch(const std::string& arch, int tp, bool sequence = false) {
           if (sequence && specs[i].sequence_sliced) comm.all_reduce(local[i].mutable_grad());
         for (size_t i = 0; i < specs.size(); ++i) {
           const at::Tensor want = nn::shard_param(ref.model->params()[i].second.grad(), specs[i], tp, r);
-          EXPECT_LT(rel(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
+          EXPECT_LT(test::rel_diff(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
         }
         // Per layer, forward: one all-reduce after attention and one after the MLP of B·T·C floats, plus the
         // embedding's; backward: one at each column-parallel input (q|k|v and fc, or gate|up, each fused into one)

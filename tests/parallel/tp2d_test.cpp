@@ -20,6 +20,7 @@
 #include "kolos/nn/layers.h"
 #include "kolos/models/model.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/support.h"
 #include "tests/models/small_models.h"
 
 namespace kolos::parallel::tensor {
@@ -27,28 +28,8 @@ namespace {
 
 constexpr double kTol = 1e-10;  // fp64: only the order of the sums differs from one process
 
-double rel(const at::Tensor& got, const at::Tensor& want) {
-  const double norm = want.norm().item<double>();
-  return (got - want).norm().item<double>() / (norm > 0 ? norm : 1.0);
-}
 
-// Runs body(grid, tp rank) on t thread ranks (tp axis "tp"), each with a Grid2d over its tp Comm. The grids live
-// until every rank has finished, as the Comms of run_thread_ranks do.
-void run_grid(int t, const std::function<void(Grid2d&, int)>& body) {
-  auto grid_store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::unique_ptr<Grid2d>> grids(t);
-  test::run_thread_ranks(
-      t,
-      [&](dist::Comm& tp, int r) {
-        dist::Comm::Options options;
-        options.timeout = std::chrono::seconds(20);
-        options.hostname = "127.0.0.1";
-        grids[r] = Grid2d::create(grid_store, tp, options);
-        body(*grids[r], r);
-      },
-      std::chrono::seconds(20), 0, "tp");
-  grids.clear();
-}
+void run_grid(int t, const std::function<void(Grid2d&, int)>& body) { test::run_grid_ranks<Grid2d>(t, body); }
 
 TEST(TensorParallel2d, GridPlacesRanksRowMajor) {
   run_grid(4, [](Grid2d& grid, int r) {
@@ -97,14 +78,14 @@ void check_linear(int q, int64_t B, int64_t T, int64_t C, int64_t F) {
     EXPECT_EQ(lb1.sizes(), (std::vector<int64_t>{F / (q * q)}));
     const at::Tensor lh = linear_2d(lx, lw1, lb1, grid);
     const at::Tensor ly = linear_2d(lh, lw2, lb2, grid);
-    EXPECT_LT(rel(lh, activation_block_2d(H, 0, grid)), kTol) << "rank " << r << " h";
-    EXPECT_LT(rel(ly, activation_block_2d(Y, 0, grid)), kTol) << "rank " << r << " y";
+    EXPECT_LT(test::rel_diff(lh, activation_block_2d(H, 0, grid)), kTol) << "rank " << r << " h";
+    EXPECT_LT(test::rel_diff(ly, activation_block_2d(Y, 0, grid)), kTol) << "rank " << r << " y";
     (ly * activation_block_2d(probe, 0, grid)).sum().backward();
-    EXPECT_LT(rel(lx.grad(), activation_block_2d(x.grad(), 0, grid)), kTol) << "rank " << r << " dx";
-    EXPECT_LT(rel(lw1.grad(), weight_block_2d(w1.grad(), grid)), kTol) << "rank " << r << " dW1";
-    EXPECT_LT(rel(lb1.grad(), vector_piece_2d(b1.grad(), grid)), kTol) << "rank " << r << " db1";
-    EXPECT_LT(rel(lw2.grad(), weight_block_2d(w2.grad(), grid)), kTol) << "rank " << r << " dW2";
-    EXPECT_LT(rel(lb2.grad(), vector_piece_2d(b2.grad(), grid)), kTol) << "rank " << r << " db2";
+    EXPECT_LT(test::rel_diff(lx.grad(), activation_block_2d(x.grad(), 0, grid)), kTol) << "rank " << r << " dx";
+    EXPECT_LT(test::rel_diff(lw1.grad(), weight_block_2d(w1.grad(), grid)), kTol) << "rank " << r << " dW1";
+    EXPECT_LT(test::rel_diff(lb1.grad(), vector_piece_2d(b1.grad(), grid)), kTol) << "rank " << r << " db1";
+    EXPECT_LT(test::rel_diff(lw2.grad(), weight_block_2d(w2.grad(), grid)), kTol) << "rank " << r << " dW2";
+    EXPECT_LT(test::rel_diff(lb2.grad(), vector_piece_2d(b2.grad(), grid)), kTol) << "rank " << r << " db2";
   });
 }
 
@@ -189,12 +170,12 @@ void check_norm(bool layer_norm) {
     const at::Tensor lx = leaf(activation_block_2d(X, 0, grid));
     const at::Tensor lw = leaf(vector_piece_2d(Wt, grid)), lb = leaf(vector_piece_2d(Bs, grid));
     const at::Tensor ly = layer_norm ? layer_norm_2d(lx, lw, lb, eps, grid) : rms_norm_2d(lx, lw, eps, grid);
-    EXPECT_LT(rel(ly, activation_block_2d(Y, 0, grid)), kTol) << "rank " << r << " y";
+    EXPECT_LT(test::rel_diff(ly, activation_block_2d(Y, 0, grid)), kTol) << "rank " << r << " y";
     (ly * activation_block_2d(probe, 0, grid)).sum().backward();
-    EXPECT_LT(rel(lx.grad(), activation_block_2d(x.grad(), 0, grid)), kTol) << "rank " << r << " dx";
-    EXPECT_LT(rel(lw.grad(), vector_piece_2d(weight.grad(), grid)), kTol) << "rank " << r << " dweight";
+    EXPECT_LT(test::rel_diff(lx.grad(), activation_block_2d(x.grad(), 0, grid)), kTol) << "rank " << r << " dx";
+    EXPECT_LT(test::rel_diff(lw.grad(), vector_piece_2d(weight.grad(), grid)), kTol) << "rank " << r << " dweight";
     if (layer_norm) {
-      EXPECT_LT(rel(lb.grad(), vector_piece_2d(bias.grad(), grid)), kTol) << "rank " << r << " dbias";
+      EXPECT_LT(test::rel_diff(lb.grad(), vector_piece_2d(bias.grad(), grid)), kTol) << "rank " << r << " dbias";
     }
 
     // Per token of the rank's n = (B/q)·T, e = 8 bytes: forward all-reduces of the row's partial sums — Σx and
@@ -256,7 +237,7 @@ void check_model(const std::string& arch) {
     loss.backward();
     for (size_t i = 0; i < specs.size(); ++i) {
       const at::Tensor want = nn::shard_param(ref.model->params()[i].second.grad(), specs[i], layout, r);
-      EXPECT_LT(rel(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
+      EXPECT_LT(test::rel_diff(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
     }
   });
   for (size_t i = 0; i < specs.size(); ++i) {
