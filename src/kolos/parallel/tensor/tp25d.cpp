@@ -62,11 +62,8 @@ at::Tensor rms_norm_25d(const at::Tensor& x, const at::Tensor& weight, double ep
 
 at::Tensor activation_block_25d(const at::Tensor& whole, int64_t token_dim, const Grid25d& grid) {
   const int64_t dim = token_dim < 0 ? token_dim + whole.dim() : token_dim;
-  const int64_t n = whole.size(dim);
-  KOLOS_CHECK(n % grid.depth() == 0, "2.5D tensor parallelism: {} tokens along dimension {} do not divide by the depth {}",
-              n, dim, grid.depth());
-  const int64_t per_layer = n / grid.depth();
-  return activation_block_2d(whole.narrow(dim, grid.depth_index() * per_layer, per_layer), dim, grid.layer());
+  const at::Tensor layer_tokens = block_along(whole, dim, grid.depth_index(), grid.depth(), "the tokens over the depth");
+  return activation_block_2d(layer_tokens, dim, grid.layer());
 }
 
 }  // namespace kolos::parallel::tensor

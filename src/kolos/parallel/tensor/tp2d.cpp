@@ -180,17 +180,17 @@ at::Tensor transpose_blocks(const at::Tensor& x, Grid2d& grid) {
 }
 
 void check_divides(int64_t size, int64_t parts, const char* what) {
-  KOLOS_CHECK(size % parts == 0, "2D tensor parallelism splits {} of size {} into {} parts; it must divide by {}",
-              what, size, parts, parts);
+  KOLOS_CHECK(size % parts == 0, "tensor parallelism splits {} of size {} into {} parts; it must divide by {}", what,
+              size, parts, parts);
 }
+
+}  // namespace
 
 at::Tensor block_along(const at::Tensor& x, int64_t dim, int64_t index, int64_t parts, const char* what) {
   check_divides(x.size(dim), parts, what);
   const int64_t part = x.size(dim) / parts;
   return x.narrow(dim, index * part, part);
 }
-
-}  // namespace
 
 std::unique_ptr<Grid2d> Grid2d::create(const c10::intrusive_ptr<c10d::Store>& store, dist::Comm& tp,
                                        dist::Comm::Options options) {

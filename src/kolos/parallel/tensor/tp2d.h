@@ -107,6 +107,10 @@ nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab);
 //   weight (out, in): out block j, in block i.
 //   vector (b, norm weights) of length n: piece j·q + i of n/q².
 // The split dimensions must divide by q (vector: by q²); InputError otherwise.
+// Block `index` of `parts` equal blocks of x along `dim` (a view; dim may be negative); InputError naming `what`
+// when the dimension does not divide. Shared by the 2D, 2.5D and 3D slicing helpers.
+at::Tensor block_along(const at::Tensor& x, int64_t dim, int64_t index, int64_t parts, const char* what);
+
 at::Tensor activation_block_2d(const at::Tensor& whole, int64_t token_dim, const Grid2d& grid);
 at::Tensor weight_block_2d(const at::Tensor& whole, const Grid2d& grid);
 at::Tensor vector_piece_2d(const at::Tensor& whole, const Grid2d& grid);

@@ -6,6 +6,7 @@
 
 #include "kolos/core/error.h"
 #include "kolos/parallel/tensor/regions.h"
+#include "kolos/parallel/tensor/tp2d.h"
 
 namespace kolos::parallel::tensor {
 
@@ -41,14 +42,6 @@ void check_k_axis(Grid3d::Axis k_axis) {
   KOLOS_ASSERT(k_axis == Grid3d::kY || k_axis == Grid3d::kZ, "3D Linear: the K axis must be y or z");
 }
 
-// Block `index` of `blocks` equal blocks of `whole` along `dim` (a copy); InputError when they do not divide.
-at::Tensor block(const at::Tensor& whole, int64_t dim, int64_t index, int64_t blocks) {
-  dim = dim < 0 ? dim + whole.dim() : dim;
-  KOLOS_CHECK(whole.size(dim) % blocks == 0, "3D tensor parallelism: dimension {} of size {} does not split into {}",
-              dim, whole.size(dim), blocks);
-  const int64_t size = whole.size(dim) / blocks;
-  return whole.narrow(dim, index * size, size);
-}
 }  // namespace
 
 at::Tensor linear_3d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Grid3d::Axis k_axis,
@@ -65,8 +58,9 @@ at::Tensor linear_3d(const at::Tensor& x, const at::Tensor& weight, const at::Te
 at::Tensor input_block_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const Grid3d& grid) {
   check_k_axis(k_axis);
   const int q = grid.q();
-  const at::Tensor tokens = block(whole, 0, grid.coord(Grid3d::kX) * q + grid.coord(other_axis(k_axis)), q * q);
-  return block(tokens, -1, grid.coord(k_axis), q).contiguous();
+  const at::Tensor tokens =
+      block_along(whole, 0, grid.coord(Grid3d::kX) * q + grid.coord(other_axis(k_axis)), q * q, "the tokens");
+  return block_along(tokens, -1, grid.coord(k_axis), q, "the features").contiguous();
 }
 
 at::Tensor output_block_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const Grid3d& grid) {
@@ -76,14 +70,16 @@ at::Tensor output_block_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const G
 at::Tensor weight_block_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const Grid3d& grid) {
   check_k_axis(k_axis);
   const int q = grid.q();
-  const at::Tensor w = block(block(whole, 0, grid.coord(other_axis(k_axis)), q), 1, grid.coord(k_axis), q);
-  return block(w, 1, grid.coord(Grid3d::kX), q).contiguous();
+  const at::Tensor out = block_along(whole, 0, grid.coord(other_axis(k_axis)), q, "a weight's output features");
+  const at::Tensor in = block_along(out, 1, grid.coord(k_axis), q, "a weight's input features");
+  return block_along(in, 1, grid.coord(Grid3d::kX), q, "a weight block's input features").contiguous();
 }
 
 at::Tensor bias_piece_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const Grid3d& grid) {
   check_k_axis(k_axis);
   const int q = grid.q();
-  return block(block(whole, 0, grid.coord(other_axis(k_axis)), q), 0, grid.coord(k_axis), q).contiguous();
+  const at::Tensor out = block_along(whole, 0, grid.coord(other_axis(k_axis)), q, "a bias");
+  return block_along(out, 0, grid.coord(k_axis), q, "a bias block").contiguous();
 }
 
 }  // namespace kolos::parallel::tensor
