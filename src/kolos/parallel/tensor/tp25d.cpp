@@ -62,7 +62,8 @@ at::Tensor rms_norm_25d(const at::Tensor& x, const at::Tensor& weight, double ep
 
 at::Tensor activation_block_25d(const at::Tensor& whole, int64_t token_dim, const Grid25d& grid) {
   const int64_t dim = token_dim < 0 ? token_dim + whole.dim() : token_dim;
-  const at::Tensor layer_tokens = block_along(whole, dim, grid.depth_index(), grid.depth(), "the tokens over the depth");
+  const at::Tensor layer_tokens =
+      block_along(whole, dim, grid.depth_index(), grid.depth(), "the tokens over the depth");
   return activation_block_2d(layer_tokens, dim, grid.layer());
 }
 
