@@ -1,7 +1,8 @@
 // 3D tensor parallelism (src/kolos/parallel/tensor/tp3d.h) against one process: two chained Linears (the first with
 // K axis y, the second z, so one's output piece is the next one's input piece) on a 2 × 2 × 2 cube of thread
 // ranks, each holding its pieces of the same whole tensors; outputs and every gradient must be that rank's piece of
-// the one-process result. fp64 unless bytes are counted.
+// the one-process result. fp64 unless bytes are counted or the whole model runs. Then the norms, and GPT-2 and
+// LLaMA under tensor_parallel_3d against one process (tests/parallel/sharded_model_check.h).
 #include "kolos/parallel/tensor/tp3d.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -11,11 +12,14 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kolos/core/error.h"
+#include "kolos/nn/layers.h"
 #include "tests/dist/thread_ranks.h"
 #include "tests/support.h"
+#include "tests/parallel/sharded_model_check.h"
 
 namespace kolos::parallel::tensor {
 namespace {
@@ -45,7 +49,7 @@ TEST(TensorParallel3d, CubePlacesRanksAndLines) {
 
 TEST(TensorParallel3d, ChainedLinearsMatchOneProcess) {
   const int q = 2;
-  const int64_t B = 8, T = 3, C = 8, F = 12;
+  const int64_t B = 8, T = 3, C = 8, F = 16;  // the biases split into q³ pieces
   auto gen = at::detail::createCPUGenerator(17);
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   auto leaf_of = [](const at::Tensor& t) { return t.detach().clone().requires_grad_(); };
@@ -60,8 +64,8 @@ TEST(TensorParallel3d, ChainedLinearsMatchOneProcess) {
   run_cube(q * q * q, [&](Grid3d& grid, int r) {
     const auto ky = Grid3d::kY, kz = Grid3d::kZ;
     const at::Tensor lx = leaf_of(input_block_3d(x.detach(), ky, grid));
-    const at::Tensor lw1 = leaf_of(weight_block_3d(w1.detach(), ky, grid)), lb1 = leaf_of(bias_piece_3d(b1.detach(), ky, grid));
-    const at::Tensor lw2 = leaf_of(weight_block_3d(w2.detach(), kz, grid)), lb2 = leaf_of(bias_piece_3d(b2.detach(), kz, grid));
+    const at::Tensor lw1 = leaf_of(weight_block_3d(w1.detach(), ky, grid)), lb1 = leaf_of(vector_piece_3d(b1.detach(), ky, grid));
+    const at::Tensor lw2 = leaf_of(weight_block_3d(w2.detach(), kz, grid)), lb2 = leaf_of(vector_piece_3d(b2.detach(), kz, grid));
     EXPECT_EQ(lx.numel() * q * q * q, x.numel());    // 1/q³ of the activation
     EXPECT_EQ(lw1.numel() * q * q * q, w1.numel());  // 1/q³ of the weight
     const at::Tensor lh = linear_3d(lx, lw1, lb1, ky, grid);
@@ -71,9 +75,9 @@ TEST(TensorParallel3d, ChainedLinearsMatchOneProcess) {
     (ly * output_block_3d(probe, kz, grid)).sum().backward();
     EXPECT_LT(rel_diff(lx.grad(), input_block_3d(x.grad(), ky, grid)), kTol) << "rank " << r << " dx";
     EXPECT_LT(rel_diff(lw1.grad(), weight_block_3d(w1.grad(), ky, grid)), kTol) << "rank " << r << " dW1";
-    EXPECT_LT(rel_diff(lb1.grad(), bias_piece_3d(b1.grad(), ky, grid)), kTol) << "rank " << r << " db1";
+    EXPECT_LT(rel_diff(lb1.grad(), vector_piece_3d(b1.grad(), ky, grid)), kTol) << "rank " << r << " db1";
     EXPECT_LT(rel_diff(lw2.grad(), weight_block_3d(w2.grad(), kz, grid)), kTol) << "rank " << r << " dW2";
-    EXPECT_LT(rel_diff(lb2.grad(), bias_piece_3d(b2.grad(), kz, grid)), kTol) << "rank " << r << " db2";
+    EXPECT_LT(rel_diff(lb2.grad(), vector_piece_3d(b2.grad(), kz, grid)), kTol) << "rank " << r << " db2";
   });
 }
 
@@ -109,6 +113,59 @@ TEST(TensorParallel3d, LedgerCountsGathersAndReduceScatters) {
     EXPECT_EQ(ledger.total_bytes(), 2 * 208) << "rank " << r << ": " << ledger.to_json().dump();
   });
 }
+
+// LayerNorm and RMSNorm of the residual stream (features split along y; weight and bias pieces of a K = z vector)
+// against at::layer_norm / nn::rms_norm in fp64, values and every gradient.
+void check_norm(bool layer) {
+  const int q = 2;
+  const int64_t B = 8, T = 3, C = 16;
+  const double eps = 1e-5;
+  auto gen = at::detail::createCPUGenerator(23);
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  auto leaf_of = [](const at::Tensor& t) { return t.detach().clone().requires_grad_(); };
+  const at::Tensor x = leaf_of(2.0 * at::randn({B, T, C}, gen, opts) + 0.5);
+  const at::Tensor w = leaf_of(1.0 + 0.2 * at::randn({C}, gen, opts)), b = leaf_of(0.2 * at::randn({C}, gen, opts));
+  const at::Tensor probe = at::randn({B, T, C}, gen, opts);
+  const at::Tensor y = layer ? at::layer_norm(x, {C}, w, b, eps) : nn::rms_norm(x, w, eps);
+  (y * probe).sum().backward();
+  run_cube(q * q * q, [&](Grid3d& grid, int r) {
+    const auto ky = Grid3d::kY, kz = Grid3d::kZ;
+    const at::Tensor lx = leaf_of(input_block_3d(x.detach(), ky, grid));  // the residual stream's block
+    const at::Tensor lw = leaf_of(vector_piece_3d(w.detach(), kz, grid)), lb = leaf_of(vector_piece_3d(b.detach(), kz, grid));
+    EXPECT_EQ(lw.numel() * q * q * q, C);
+    const at::Tensor ly = layer ? layer_norm_3d(lx, lw, lb, eps, grid) : rms_norm_3d(lx, lw, eps, grid);
+    EXPECT_LT(rel_diff(ly, input_block_3d(y.detach(), ky, grid)), kTol) << "rank " << r;
+    (ly * input_block_3d(probe, ky, grid)).sum().backward();
+    EXPECT_LT(rel_diff(lx.grad(), input_block_3d(x.grad(), ky, grid)), kTol) << "rank " << r << " dx";
+    EXPECT_LT(rel_diff(lw.grad(), vector_piece_3d(w.grad(), kz, grid)), kTol) << "rank " << r << " dw";
+    if (layer) EXPECT_LT(rel_diff(lb.grad(), vector_piece_3d(b.grad(), kz, grid)), kTol) << "rank " << r << " db";
+  });
+}
+
+TEST(TensorParallel3d, LayerNormMatchesOneProcess) { check_norm(true); }
+TEST(TensorParallel3d, RmsNormMatchesOneProcess) { check_norm(false); }
+
+// The whole model on a 2 × 2 × 2 cube; the placements of the (ungrouped, unpadded) matrices and vectors are the
+// pieces the 3D layers compute on: K axis y for tp_dim 0, z otherwise.
+void check_model(const std::string& arch) {
+  const int q = 2;
+  test::check_sharded_model<Grid3d>(
+      arch, /*batch=*/4, nn::TpLayout(q * q * q, true, true), [](const auto& body) { run_cube(8, body); },
+      [](Grid3d& grid, int64_t vocab) { return tensor_parallel_3d(grid, vocab); },
+      [q](Grid3d& grid, const nn::ParamSpec& spec, const at::Tensor& whole, const at::Tensor& piece) {
+        const auto k = spec.tp_dim == 0 ? Grid3d::kY : Grid3d::kZ;
+        const bool matrix = spec.shape.size() == 2 && spec.tp_dim >= 0;
+        if (matrix && spec.tp_groups == 1 && spec.shape[0] % q == 0) {
+          EXPECT_TRUE(at::equal(piece, weight_block_3d(whole, k, grid))) << spec.name;
+        }
+        if (spec.shape.size() == 1 && spec.tp_groups == 1) {
+          EXPECT_TRUE(at::equal(piece, vector_piece_3d(whole, k, grid))) << spec.name;
+        }
+      });
+}
+
+TEST(TensorParallel3d, GptMatchesOneProcess) { check_model("gpt2"); }
+TEST(TensorParallel3d, LlamaWithGroupedQueryAttentionMatchesOneProcess) { check_model("llama"); }
 
 }  // namespace
 }  // namespace kolos::parallel::tensor

@@ -1,6 +1,7 @@
 #include "kolos/nn/param.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -79,12 +80,58 @@ GridSplits grid_splits(const ParamSpec& spec) {
   return s;
 }
 
+// 3D as three 1D splits of q parts (TpLayout): by the N axis (the outputs, grouped), by the K axis, then by x.
+// `first_is_z`: the N axis is z (K axis y: tp_dim 0); else y. Rank of the coordinates (x, first, second).
+struct CubeSplits {
+  ParamSpec first, second, third;
+  bool first_is_z;
+  int rank(int q, int x, int c1, int c2) const { return x * q * q + (first_is_z ? c2 * q + c1 : c1 * q + c2); }
+};
+CubeSplits cube_splits(const ParamSpec& spec) {
+  const GridSplits g = grid_splits(spec);  // by_col: the outputs (grouped); by_row: the inputs, or pieces of them
+  return {g.by_col, g.by_row, g.by_row, spec.tp_dim == 0};
+}
+
+std::vector<int64_t> local_shape_3d(const ParamSpec& spec, int q) {
+  CubeSplits s = cube_splits(spec);
+  s.second.shape = local_shape_1d(s.first, q);
+  s.third.shape = local_shape_1d(s.second, q);
+  return local_shape_1d(s.third, q);
+}
+
+at::Tensor shard_3d(const at::Tensor& whole, const ParamSpec& spec, int q, int index) {
+  const CubeSplits s = cube_splits(spec);
+  const int x = index / (q * q), y = (index / q) % q, z = index % q;
+  const int c1 = s.first_is_z ? z : y, c2 = s.first_is_z ? y : z;
+  KOLOS_ASSERT(s.first.tp_dim != s.second.tp_dim || whole.size(s.first.tp_dim) % (q * q * q) == 0,
+               "parameter {}: dimension {} of size {} does not split into {} pieces", spec.name, s.first.tp_dim,
+               whole.size(s.first.tp_dim), q * q * q);
+  return shard_1d(shard_1d(shard_1d(whole, s.first, q, c1), s.second, q, c2), s.third, q, x).contiguous();
+}
+
+at::Tensor unshard_3d(const std::vector<at::Tensor>& pieces, const ParamSpec& spec, int q) {
+  const CubeSplits s = cube_splits(spec);
+  std::vector<at::Tensor> blocks;
+  for (int c1 = 0; c1 < q; ++c1) {
+    std::vector<at::Tensor> halves;
+    for (int c2 = 0; c2 < q; ++c2) {
+      std::vector<at::Tensor> xs;
+      for (int x = 0; x < q; ++x) xs.push_back(pieces[s.rank(q, x, c1, c2)]);
+      halves.push_back(unshard_1d(xs, s.third, xs[0].size(s.third.tp_dim) * q));
+    }
+    blocks.push_back(unshard_1d(halves, s.second, halves[0].size(s.second.tp_dim) * q));
+  }
+  return unshard_1d(blocks, s.first, spec.shape[s.first.tp_dim]);
+}
+
 }  // namespace
 
 int TpLayout::q() const {
+  const int power = cube ? 3 : 2;
   int q = 1;
-  while (q * q < parts) ++q;
-  KOLOS_ASSERT(grid && q * q == parts, "TpLayout::q of {} ranks (grid {})", parts, grid);
+  while (static_cast<int>(std::pow(q, power)) < parts) ++q;
+  KOLOS_ASSERT(grid && static_cast<int>(std::pow(q, power)) == parts, "TpLayout::q of {} ranks (grid {}, cube {})",
+               parts, grid, cube);
   return q;
 }
 
@@ -94,6 +141,7 @@ bool split_over_tp(const ParamSpec& spec, const TpLayout& layout) {
 
 std::vector<int64_t> ParamSpec::local_shape(const TpLayout& layout) const {
   if (!layout.grid || layout.parts == 1) return local_shape_1d(*this, layout.parts);
+  if (layout.cube) return local_shape_3d(*this, layout.q());
   GridSplits s = grid_splits(*this);
   s.by_row.shape = local_shape_1d(s.by_col, layout.q());
   return local_shape_1d(s.by_row, layout.q());
@@ -101,6 +149,7 @@ std::vector<int64_t> ParamSpec::local_shape(const TpLayout& layout) const {
 
 at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, const TpLayout& layout, int index) {
   if (!layout.grid || layout.parts == 1) return shard_1d(whole, spec, layout.parts, index);
+  if (layout.cube) return shard_3d(whole, spec, layout.q(), index);
   const int q = layout.q();
   const GridSplits s = grid_splits(spec);
   KOLOS_ASSERT(s.by_row.tp_dim != s.by_col.tp_dim || whole.size(s.by_col.tp_dim) % (q * q) == 0,
@@ -115,6 +164,7 @@ at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec&
   const int q = layout.q();
   KOLOS_ASSERT(static_cast<int>(pieces.size()) == layout.parts, "parameter {}: {} pieces for {} ranks", spec.name,
                pieces.size(), layout.parts);
+  if (layout.cube) return unshard_3d(pieces, spec, q);
   const GridSplits s = grid_splits(spec);
   // Column j's block from its rows' pieces (ranks i·q + j), then the whole from the blocks.
   std::vector<at::Tensor> blocks;

@@ -47,12 +47,22 @@ struct ParamSpec {
 //       (grouped by tp_groups; an uneven vocabulary padded with zero rows as in 1D), dim 1 block i of q;
 //     - anything else (biases, norm weights, the position table (P, C)): the last dim cut into q blocks (block j,
 //       grouped by tp_groups as its weight's outputs), each cut into q pieces: piece i of block j.
+//   3D (grid and cube true): parts = q³ ranks on a q × q × q cube, rank r at (x, y, z) = (r / q², (r / q) % q,
+//     r % q) (parallel/tensor/tp3d.h); every parameter is split into q³ pieces, none replicated. A parameter
+//     with tp_dim = 0 (a column Linear's weight and bias, a vocabulary table) has the layout of a Linear whose K
+//     axis is y, the others (a row Linear's weight (tp_dim 1), norm weights and biases, the position table) of
+//     one whose K axis is z. For K axis k and the other axis n of y, z:
+//     - a matrix (out, in): dim 0 block n of q (grouped, an uneven vocabulary padded as in 1D), dim 1 block k of
+//       q, and of that piece x of q;
+//     - anything else: the last dim cut into q blocks (block n, grouped), block n into q² pieces: piece k·q + x.
 // Implicit from an int: 1D over that many ranks.
 struct TpLayout {
   int parts = 1;
   bool grid = false;
-  TpLayout(int parts_ = 1, bool grid_ = false) : parts(parts_), grid(grid_) {}  // NOLINT: implicit 1D
-  int q() const;  // the grid's side (2D only)
+  bool cube = false;
+  TpLayout(int parts_ = 1, bool grid_ = false, bool cube_ = false)  // NOLINT: implicit 1D
+      : parts(parts_), grid(grid_ || cube_), cube(cube_) {}
+  int q() const;  // the grid's side (2D) or the cube's edge (3D)
 };
 
 // Whether each tp rank holds a different piece of the parameter (its gradient norm summed over the tp ranks), not

@@ -109,43 +109,42 @@ struct Summa : torch::autograd::Function<Summa> {
   }
 };
 
-// The statistics of a norm over the last dimension, split along the row: x̂ = (x − μ)·rstd (LayerNorm, `centre`)
-// or x·rstd (RMSNorm), per token, with the whole dimension's μ and rstd.
+// The statistics of a norm over the last dimension, split over `comm`'s ranks: x̂ = (x − μ)·rstd (LayerNorm,
+// `centre`) or x·rstd (RMSNorm), per token, with the whole dimension's μ and rstd.
 struct NormStats : torch::autograd::Function<NormStats> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double eps, bool centre, Grid2d* grid) {
-    dist::Comm& row = grid->row();
-    const double C = static_cast<double>(x.size(-1)) * grid->q();
-    Ledger::PhaseScope phase(row.ledger(), Phase::kForward);
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, double eps, bool centre, dist::Comm* comm) {
+    const double C = static_cast<double>(x.size(-1)) * comm->size();
+    Ledger::PhaseScope phase(comm->ledger(), Phase::kForward);
     at::Tensor centred = x;
     if (centre) {
       at::Tensor sum = x.sum(-1, /*keepdim=*/true).contiguous();
-      row.all_reduce(sum);
+      comm->all_reduce(sum);
       centred = x - sum / C;
     }
     at::Tensor square = centred.pow(2).sum(-1, /*keepdim=*/true).contiguous();
-    row.all_reduce(square);
+    comm->all_reduce(square);
     const at::Tensor rstd = at::rsqrt(square / C + eps);
     at::Tensor normed = centred * rstd;
     ctx->save_for_backward({normed, rstd});
     ctx->saved_data["centre"] = centre;
-    save_grid(ctx, *grid);
+    save_comm(ctx, *comm);
     return normed;
   }
 
   // dx = rstd·(g − mean(g) − x̂·mean(g·x̂)), means over the whole dimension (RMSNorm: without mean(g)).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    Grid2d& grid = saved_grid(ctx);
+    dist::Comm& comm = saved_comm(ctx);
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& normed = saved[0];
     const at::Tensor& rstd = saved[1];
     const bool centre = ctx->saved_data["centre"].toBool();
-    const double C = static_cast<double>(normed.size(-1)) * grid.q();
+    const double C = static_cast<double>(normed.size(-1)) * comm.size();
     const at::Tensor& g = grads[0];
-    Ledger::PhaseScope phase(grid.row().ledger(), Phase::kBackward);
+    Ledger::PhaseScope phase(comm.ledger(), Phase::kBackward);
     at::Tensor sums = (centre ? at::stack({(g * normed).sum(-1, true), g.sum(-1, true)})
                               : (g * normed).sum(-1, true).unsqueeze(0))
                           .contiguous();
-    grid.row().all_reduce(sums);
+    comm.all_reduce(sums);
     sums /= C;
     at::Tensor inner = g - normed * sums[0];
     if (centre) inner = inner - sums[1];
@@ -214,6 +213,10 @@ std::unique_ptr<Grid2d> Grid2d::create(const c10::intrusive_ptr<c10d::Store>& st
   return grid;
 }
 
+at::Tensor normalize_split(const at::Tensor& x, double eps, bool centre, dist::Comm& comm) {
+  return NormStats::apply(x, eps, centre, &comm);
+}
+
 at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Grid2d& grid) {
   KOLOS_ASSERT(x.size(-1) == weight.size(1), "2D Linear: input block has {} features, weight block expects {}",
                x.size(-1), weight.size(1));
@@ -225,7 +228,7 @@ at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& weight, const at::Te
 
 at::Tensor layer_norm_2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                          Grid2d& grid) {
-  at::Tensor normed = NormStats::apply(x, eps, /*centre=*/true, &grid);
+  at::Tensor normed = normalize_split(x, eps, /*centre=*/true, grid.row());
   if (!bias.defined()) return normed * gather_rs(weight, 0, grid.col());
   // Weight and bias pieces gathered together: one all-gather forward, one reduce-scatter backward.
   at::Tensor affine = gather_rs(at::stack({weight, bias}), 1, grid.col());
@@ -233,7 +236,7 @@ at::Tensor layer_norm_2d(const at::Tensor& x, const at::Tensor& weight, const at
 }
 
 at::Tensor rms_norm_2d(const at::Tensor& x, const at::Tensor& weight, double eps, Grid2d& grid) {
-  return NormStats::apply(x, eps, /*centre=*/false, &grid) * gather_rs(weight, 0, grid.col());
+  return normalize_split(x, eps, /*centre=*/false, grid.row()) * gather_rs(weight, 0, grid.col());
 }
 
 nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab) {

@@ -85,6 +85,11 @@ at::Tensor linear_2d(const at::Tensor& x, const at::Tensor& weight, const at::Te
 at::Tensor layer_norm_2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                          Grid2d& grid);
 at::Tensor rms_norm_2d(const at::Tensor& x, const at::Tensor& weight, double eps, Grid2d& grid);
+// The normalised x̂ of a norm over the last dimension (C) split over `comm`'s ranks (x: (..., C/n), this rank's
+// features): (x − μ)·rstd with `centre` (LayerNorm: two-pass statistics, Σx then Σ(x − μ)², each all-reduced),
+// x·rstd without (RMSNorm: Σx²); backward one all-reduce of the per-token sums it needs. Shared by 2D (the row),
+// 2.5D and 3D.
+at::Tensor normalize_split(const at::Tensor& x, double eps, bool centre, dist::Comm& comm);
 
 // The whole model on the grid: nn::Sharding for parallel::apply (parts = q², grid). Every Linear is linear_2d
 // (column- and row-parallel alike), the norms layer_norm_2d / rms_norm_2d, GPT-2's position table gathered along

@@ -6,6 +6,7 @@
 
 #include "kolos/core/error.h"
 #include "kolos/parallel/tensor/regions.h"
+#include "kolos/parallel/tensor/tp1d.h"
 #include "kolos/parallel/tensor/tp2d.h"
 
 namespace kolos::parallel::tensor {
@@ -42,6 +43,12 @@ void check_k_axis(Grid3d::Axis k_axis) {
   KOLOS_ASSERT(k_axis == Grid3d::kY || k_axis == Grid3d::kZ, "3D Linear: the K axis must be y or z");
 }
 
+// A residual-stream vector's piece (vector_piece_3d with kZ) → its features block y: gathered along x, then z.
+at::Tensor residual_vector(const at::Tensor& piece, Grid3d& grid) {
+  const int64_t last = piece.dim() - 1;
+  return gather_rs(gather_rs(piece, last, grid.line(Grid3d::kX)), last, grid.line(Grid3d::kZ));
+}
+
 }  // namespace
 
 at::Tensor linear_3d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Grid3d::Axis k_axis,
@@ -52,7 +59,65 @@ at::Tensor linear_3d(const at::Tensor& x, const at::Tensor& weight, const at::Te
   const at::Tensor w_line = gather_rs(weight, 1, grid.line(Grid3d::kX));   // W[n, k]: out/q × in/q
   at::Tensor y = scatter(at::linear(x_line, w_line), 0, grid.line(k_axis));  // Σ over k, split by tokens
   if (!bias.defined()) return y;
-  return y + gather_rs(copy_to(bias, grid.line(Grid3d::kX)), 0, grid.line(k_axis));
+  return y + gather_rs(gather_rs(bias, 0, grid.line(Grid3d::kX)), 0, grid.line(k_axis));
+}
+
+at::Tensor layer_norm_3d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
+                         Grid3d& grid) {
+  const at::Tensor normed = normalize_split(x, eps, /*centre=*/true, grid.line(Grid3d::kY));
+  if (!bias.defined()) return normed * residual_vector(weight, grid);
+  const at::Tensor affine = residual_vector(at::stack({weight, bias}), grid);  // one gather each way for both
+  return normed * affine[0] + affine[1];
+}
+
+at::Tensor rms_norm_3d(const at::Tensor& x, const at::Tensor& weight, double eps, Grid3d& grid) {
+  return normalize_split(x, eps, /*centre=*/false, grid.line(Grid3d::kY)) * residual_vector(weight, grid);
+}
+
+at::Tensor embedding_3d(const at::Tensor& table, const at::Tensor& ids, Grid3d& grid) {
+  const int q = grid.q();
+  KOLOS_CHECK(ids.size(0) % (q * q) == 0,
+              "3D tensor parallelism splits the batch into q² = {} blocks; the batch of {} sequences must divide by "
+              "{} (train.batch_size)",
+              q * q, ids.size(0), q * q);
+  const at::Tensor block = gather_rs(table, 1, grid.line(Grid3d::kX));  // vocabulary block z × features block y
+  const at::Tensor plane = block_along(ids, 0, grid.coord(Grid3d::kX), q, "the batch");
+  return scatter(vocab_rows(block, plane, grid.coord(Grid3d::kZ) * block.size(0)), 0, grid.line(Grid3d::kZ));
+}
+
+at::Tensor cross_entropy_3d(const at::Tensor& logits, const at::Tensor& targets, int64_t vocab, Grid3d& grid) {
+  const int q = grid.q();
+  const int64_t n = logits.size(0);
+  KOLOS_ASSERT(targets.size(0) == n * q * q, "3D cross-entropy: {} logits rows of {} targets on a cube of side {}",
+               n, targets.size(0), q);
+  const int64_t block = grid.coord(Grid3d::kX) * q + grid.coord(Grid3d::kY);
+  const at::Tensor mean = vocab_cross_entropy(logits, targets.narrow(0, block * n, n), vocab, grid.line(Grid3d::kZ));
+  const at::Tensor over_x = reduce_from(mean.reshape({1}), grid.line(Grid3d::kX));
+  return reduce_from(over_x, grid.line(Grid3d::kY)).squeeze(0) / (q * q);
+}
+
+nn::Sharding tensor_parallel_3d(Grid3d& grid, int64_t vocab) {
+  nn::Sharding s;
+  s.parts = grid.q() * grid.q() * grid.q();
+  s.grid = s.cube = true;
+  Grid3d* g = &grid;
+  s.column = [g](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    return linear_3d(x, w, b, Grid3d::kY, *g);
+  };
+  s.row = [g](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    return linear_3d(x, w, b, Grid3d::kZ, *g);
+  };
+  s.head = [g](const at::Tensor& x, const at::Tensor& w) { return linear_3d(x, w, at::Tensor(), Grid3d::kY, *g); };
+  s.embedding = [g](const at::Tensor& w, const at::Tensor& ids) { return embedding_3d(w, ids, *g); };
+  s.cross_entropy = [g, vocab](const at::Tensor& logits, const at::Tensor& targets) {
+    return cross_entropy_3d(logits, targets, vocab, *g);
+  };
+  s.layer_norm = [g](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+    return layer_norm_3d(x, w, b, eps, *g);
+  };
+  s.rms_norm = [g](const at::Tensor& x, const at::Tensor& w, double eps) { return rms_norm_3d(x, w, eps, *g); };
+  s.features = [g](const at::Tensor& p) { return residual_vector(p, *g); };
+  return s;
 }
 
 at::Tensor input_block_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const Grid3d& grid) {
@@ -75,11 +140,12 @@ at::Tensor weight_block_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const G
   return block_along(in, 1, grid.coord(Grid3d::kX), q, "a weight block's input features").contiguous();
 }
 
-at::Tensor bias_piece_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const Grid3d& grid) {
+at::Tensor vector_piece_3d(const at::Tensor& whole, Grid3d::Axis k_axis, const Grid3d& grid) {
   check_k_axis(k_axis);
   const int q = grid.q();
-  const at::Tensor out = block_along(whole, 0, grid.coord(other_axis(k_axis)), q, "a bias");
-  return block_along(out, 0, grid.coord(k_axis), q, "a bias block").contiguous();
+  const at::Tensor out = block_along(whole, -1, grid.coord(other_axis(k_axis)), q, "a bias or norm weight");
+  return block_along(out, -1, grid.coord(k_axis) * q + grid.coord(Grid3d::kX), q * q, "a bias or norm weight block")
+      .contiguous();
 }
 
 }  // namespace kolos::parallel::tensor
