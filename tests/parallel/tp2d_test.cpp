@@ -20,8 +20,8 @@
 #include "kolos/nn/layers.h"
 #include "kolos/models/model.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/parallel/grid_model.h"
 #include "tests/support.h"
-#include "tests/models/small_models.h"
 
 namespace kolos::parallel::tensor {
 namespace {
@@ -196,55 +196,25 @@ void check_norm(bool layer_norm) {
 TEST(TensorParallel2d, LayerNormMatchesOneProcess) { check_norm(true); }
 TEST(TensorParallel2d, RmsNormMatchesOneProcess) { check_norm(false); }
 
-// The whole model under tensor_parallel_2d on a 2 × 2 grid against one process (fp32, as the 1D test): every rank
-// holds its pieces (nn::TpLayout) of the same random parameters; the loss and each parameter's gradient (this
-// rank's piece of the one-process gradient) must agree, and the pieces must unshard to the whole parameters. The
-// vocabulary (37) does not divide by q, so the table's padding is exercised; LLaMA has grouped-query attention
-// (4 heads, 2 key/value heads) and an untied head, GPT-2 a tied one, biases and a position table.
+// The whole model under tensor_parallel_2d on a 2 × 2 grid against one process (fp32, as the 1D test;
+// tests/parallel/grid_model.h). The vocabulary (37) does not divide by q, so the table's padding is exercised; LLaMA
+// has grouped-query attention (4 heads, 2 key/value heads) and an untied head, GPT-2 a tied one, biases and a
+// position table.
 void check_model(const std::string& arch) {
-  const int q = 2, t = q * q;
-  const nn::TpLayout layout(t, true);
-  ModelConfig config = test::small_config(arch);
-  config.seq_len = 16;
-  const auto ref = test::reference_run(config, /*B=*/4, /*T=*/12, 7, 11);
-  const auto& whole = ref.whole;
-  const auto& ids = ref.ids;
-  const auto& targets = ref.targets;
-  const double ref_loss = ref.loss.item<double>();
-  const auto specs = ref.model->param_specs();
-
-  std::vector<std::vector<at::Tensor>> pieces(t);
-  run_grid(t, [&](Grid2d& grid, int r) {
-    auto model = models::Model::create(config);
-    model->set_sharding(tensor_parallel_2d(grid, config.vocab));
-    std::vector<at::Tensor> local;
-    for (size_t i = 0; i < specs.size(); ++i) {
-      local.push_back(nn::shard_param(whole[i], specs[i], layout, r).clone());
-      // The placements are the blocks the 2D layers compute on (ungrouped, unpadded ones: the same slicing).
-      const bool matrix = specs[i].shape.size() == 2 && specs[i].tp_dim >= 0;
-      if (matrix && specs[i].tp_groups == 1 && specs[i].shape[0] % q == 0) {
-        EXPECT_TRUE(at::equal(local.back(), weight_block_2d(whole[i], grid))) << specs[i].name;
-      }
-      if (specs[i].shape.size() == 1 && specs[i].tp_groups == 1) {
-        EXPECT_TRUE(at::equal(local.back(), vector_piece_2d(whole[i], grid))) << specs[i].name;
-      }
-    }
-    model->bind_params(local);
-    pieces[r] = local;
-    at::Tensor loss = model->loss(ids, targets);
-    EXPECT_LT(std::abs(loss.item<double>() - ref_loss), 1e-5 * std::abs(ref_loss))
-        << arch << " rank " << r << ": " << loss.item<double>() << " vs " << ref_loss;
-    loss.backward();
-    for (size_t i = 0; i < specs.size(); ++i) {
-      const at::Tensor want = nn::shard_param(ref.model->params()[i].second.grad(), specs[i], layout, r);
-      EXPECT_LT(test::rel_diff(local[i].grad(), want), 1e-5) << arch << " rank " << r << " " << specs[i].name;
-    }
-  });
-  for (size_t i = 0; i < specs.size(); ++i) {
-    std::vector<at::Tensor> parts;
-    for (int r = 0; r < t; ++r) parts.push_back(pieces[r][i].detach());
-    EXPECT_TRUE(at::equal(nn::unshard_param(parts, specs[i], layout), whole[i])) << specs[i].name;
-  }
+  const int q = 2;
+  test::check_model_on_grid<Grid2d>(
+      arch, nn::TpLayout(q * q, true), /*batch=*/4,
+      [](Grid2d& grid, int64_t vocab) { return tensor_parallel_2d(grid, vocab); },
+      [q](Grid2d& grid, int, const nn::ParamSpec& spec, const at::Tensor& whole, const at::Tensor& piece) {
+        // The placements are the blocks the 2D layers compute on (ungrouped, unpadded ones: the same slicing).
+        const bool matrix = spec.shape.size() == 2 && spec.tp_dim >= 0;
+        if (matrix && spec.tp_groups == 1 && spec.shape[0] % q == 0) {
+          EXPECT_TRUE(at::equal(piece, weight_block_2d(whole, grid))) << spec.name;
+        }
+        if (spec.shape.size() == 1 && spec.tp_groups == 1) {
+          EXPECT_TRUE(at::equal(piece, vector_piece_2d(whole, grid))) << spec.name;
+        }
+      });
 }
 
 TEST(TensorParallel2d, GptMatchesOneProcess) { check_model("gpt2"); }
