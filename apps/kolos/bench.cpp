@@ -28,6 +28,8 @@ const char* kBenchUsage =
     "          (under a launcher: kolos run -n 2 -- kolos bench comm)\n"
     "  io      sequential O_DIRECT write and read bandwidth of a disk through the NVMe tier's IO layer\n"
     "  optim   the fused AdamW step (fp32 or bf16) on 124M parameters against the memory-bandwidth floor\n"
+    "  tp      1D, 2D, 2.5D and 3D tensor parallelism on one model: parameter, activation and collective bytes\n"
+    "          per rank (starts its own processes: kolos bench tp --ranks 8)\n"
     "\n"
     "`kolos bench BENCHMARK --help` describes each.\n";
 
@@ -100,8 +102,9 @@ int bench_main(int argc, char** argv) {
   if (which == "comm") return dist::bench_comm_main(argc - 1, argv + 1);
   if (which == "io") return memory::bench_io_main(argc - 1, argv + 1);
   if (which == "optim") return optim::bench_optim_main(argc - 1, argv + 1);
-  throw InputError(which.empty() ? "kolos bench: which benchmark? expected gemm, train, comm, io or optim (see kolos bench --help)"
-                                 : fmt::format("kolos bench: unknown benchmark \"{}\" (expected gemm, train, comm, io or optim; see "
+  if (which == "tp") return bench_tp_main(argc - 1, argv + 1);
+  throw InputError(which.empty() ? "kolos bench: which benchmark? expected gemm, train, comm, io, optim or tp (see kolos bench --help)"
+                                 : fmt::format("kolos bench: unknown benchmark \"{}\" (expected gemm, train, comm, io, optim or tp; see "
                                                "kolos bench --help)",
                                                which));
 }

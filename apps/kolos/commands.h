@@ -15,6 +15,7 @@ int plot_main(int argc, char** argv);
 int bench_main(int argc, char** argv);
 int run_main(int argc, char** argv);
 int verify_main(int argc, char** argv);
+int bench_tp_main(int argc, char** argv);  // kolos bench tp (bench_tp.cpp)
 
 using kolos::parse_args;
 

@@ -1,23 +1,10 @@
 // kolos verify: trains the parity model (or --config) on one process and under each layout and compares.
-#include <climits>
-#include <unistd.h>
-
 #include "apps/kolos/commands.h"
 #include "kolos/core/error.h"
+#include "kolos/core/subprocess.h"
 #include "kolos/parallel/verify.h"
 
 namespace kolos::app {
-
-namespace {
-
-std::string self_path() {
-  char buf[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  KOLOS_CHECK(n > 0, "kolos verify: cannot find its own executable");
-  return std::string(buf, static_cast<size_t>(n));
-}
-
-}  // namespace
 
 int verify_main(int argc, char** argv) {
   CLI::App app{
@@ -38,7 +25,7 @@ int verify_main(int argc, char** argv) {
   app.add_option("--tolerance", o.tolerance, "largest relative difference allowed (default 1e-5)")
       ->check(CLI::PositiveNumber);
   if (!parse_args(app, argc, argv)) return 0;
-  o.kolos_binary = self_path();
+  o.kolos_binary = self_executable("kolos verify");
   return parallel::verify(o);
 }
 

@@ -76,10 +76,10 @@ TEST(Plan, PipelineRulesNameTheKey) {
   EXPECT_NE(e.find("\"x\""), std::string::npos) << e;
 }
 
-// Tensor parallelism (1D): every split dimension divides; 2.5D and 3D wait for issue 8.
+// Tensor parallelism (1D): every split dimension divides; 3D waits for issue 8.
 TEST(Plan, TensorParallelRulesNameTheDimension) {
   EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=2"}, 4), 4).describe(), "dp=2, tp=2 (1d)");
-  std::string e = plan_error({"parallel.tp=8", "parallel.tp_mode=2.5d"}, 8);
+  std::string e = plan_error({"parallel.tp=8", "parallel.tp_mode=3d"}, 8);
   EXPECT_NE(e.find("parallel.tp_mode"), std::string::npos) << e;
   EXPECT_NE(e.find("not yet supported"), std::string::npos) << e;
   e = plan_error({"parallel.tp=2", "model.heads=5", "model.hidden=80"}, 2);
@@ -128,6 +128,47 @@ TEST(Plan, TwoDimensionalRulesNameTheKey) {
     EXPECT_NE(e.find(want), std::string::npos) << want << ": " << e;
     EXPECT_NE(e.find("2d"), std::string::npos) << want << ": " << e;
   }
+}
+
+// 2.5D: tp = d·q² with d = parallel.tp_depth; 2D's rules on the q × q layer, the batch by d·q (each layer's rows);
+// tp_depth only with tp_mode "2.5d"; no sp, pp or Megatron-SP yet. Each error names its key.
+TEST(Plan, TwoAndAHalfDimensionalRulesNameTheKey) {
+  const auto p = parallel::make_plan(parity({"parallel.tp=8", "parallel.tp_mode=2.5d", "parallel.tp_depth=2"}, 16), 16);
+  EXPECT_EQ(p.describe(), "dp=2, tp=8 (2.5d)");
+  EXPECT_TRUE(p.tp_layout().grid);
+  EXPECT_EQ(p.tp_layout().depth, 2);
+  EXPECT_EQ(p.tp_layout().q(), 2);
+  // d = 1 is 2D's grid; d = 4 with q = 1 (batch 8 by 4) is allowed too.
+  EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=4", "parallel.tp_mode=2.5d"}, 4), 4).tp_layout().q(), 2);
+  EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=4", "parallel.tp_mode=2.5d", "parallel.tp_depth=4"}, 4), 4)
+                .tp_layout()
+                .q(),
+            1);
+  for (const auto& [sets, world, want] : std::vector<std::tuple<std::vector<std::string>, int, std::string>>{
+           {{"parallel.tp=8", "parallel.tp_depth=3"}, 8, "parallel.tp_depth = 3"},
+           {{"parallel.tp=8", "parallel.tp_depth=1"}, 8, "not a square"},
+           {{"parallel.tp=6", "parallel.tp_depth=2"}, 6, "parallel.tp_depth"},
+           {{"parallel.tp=18", "parallel.tp_depth=2", "model.heads=4", "model.hidden=72", "model.ffn_hidden=72"}, 18,
+            "model.heads = 4"},
+           {{"parallel.tp=8", "parallel.tp_depth=2", "model.arch=llama", "model.kv_heads=1",
+             "model.tie_embeddings=false"},
+            8, "model.kv_heads"},
+           {{"parallel.tp=8", "parallel.tp_depth=2", "model.hidden=66", "model.heads=6"}, 8, "model.hidden = 66"},
+           {{"parallel.tp=8", "parallel.tp_depth=2", "model.ffn_hidden=258"}, 8, "model.ffn_hidden = 258"},
+           {{"parallel.tp=8", "parallel.tp_depth=2", "train.batch_size=6", "train.global_batch=6"}, 8,
+            "train.batch_size = 6"},
+           {{"parallel.tp=8", "parallel.tp_depth=2", "parallel.sp=2"}, 16, "sp = 2"},
+           {{"parallel.tp=8", "parallel.tp_depth=2", "parallel.pp=2"}, 16, "pp = 2"}}) {
+    std::vector<std::string> all = sets;
+    all.push_back("parallel.tp_mode=2.5d");
+    const std::string e = plan_error(all, world);
+    EXPECT_NE(e.find(want), std::string::npos) << want << ": " << e;
+    EXPECT_NE(e.find("2.5d"), std::string::npos) << want << ": " << e;
+  }
+  // The depth belongs to 2.5D.
+  const std::string e = plan_error({"parallel.tp=4", "parallel.tp_mode=2d", "parallel.tp_depth=2"}, 4);
+  EXPECT_NE(e.find("parallel.tp_depth = 2"), std::string::npos) << e;
+  EXPECT_NE(e.find("2.5d"), std::string::npos) << e;
 }
 
 // Sequence parallelism: ring needs the sequence in 2·sp equal chunks, Ulysses whole heads per sp rank.

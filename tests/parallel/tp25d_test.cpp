@@ -1,6 +1,7 @@
 // 2.5D tensor parallelism (src/kolos/parallel/tensor/tp25d.h) against one process: two chained Linears, LayerNorm
 // and RMSNorm on d layers of a q × q grid (thread ranks), each rank holding its blocks of the same whole tensors;
-// outputs and every gradient must be that rank's block of the one-process result. fp64 unless bytes are counted.
+// outputs and every gradient must be that rank's block of the one-process result. fp64 unless bytes are counted or
+// the whole model runs (GPT-2 and LLaMA under tensor_parallel_25d, fp32).
 #include "kolos/parallel/tensor/tp25d.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -15,6 +16,7 @@
 #include "kolos/core/error.h"
 #include "kolos/nn/layers.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/parallel/grid_model.h"
 #include "tests/support.h"
 
 namespace kolos::parallel::tensor {
@@ -120,6 +122,31 @@ TEST(TensorParallel25d, LedgerCountsLayerAndDepthBytes) {
         << "rank " << r << ": " << ledger.to_json().dump();
   });
 }
+
+// The whole model under tensor_parallel_25d on 2 layers of a 2 × 2 grid against one process (fp32, as the 2D test;
+// tests/parallel/grid_model.h): each layer holds the 2D pieces (nn::TpLayout with depth 2) and computes on half the
+// batch, the depth all-reduce sums the layers' gradients. The pieces unshard from all 8 ranks' and from depth 0's
+// alone, and only depth 0's count in the gradient norm. Vocabulary 37 (padded), LLaMA with grouped-query attention
+// and an untied head, GPT-2 with a tied one, biases and a position table.
+void check_model(const std::string& arch) {
+  const int q = 2, d = 2;
+  const nn::TpLayout layout(d * q * q, true, d);
+  test::check_model_on_grid<Grid25d>(
+      arch, layout, /*batch=*/8,  // 2 sequences per row block
+      [](Grid25d& grid, int64_t vocab) { return tensor_parallel_25d(grid, vocab); },
+      [&](Grid25d&, int r, const nn::ParamSpec& spec, const at::Tensor& whole, const at::Tensor& piece) {
+        EXPECT_TRUE(at::equal(piece, nn::shard_param(whole, spec, nn::TpLayout(q * q, true), r % (q * q))))
+            << "rank " << r << " " << spec.name << ": each layer holds the 2D pieces";
+        std::vector<at::Tensor> layer0;
+        for (int p = 0; p < q * q; ++p) layer0.push_back(nn::shard_param(whole, spec, layout, p));
+        EXPECT_TRUE(at::equal(nn::unshard_param(layer0, spec, layout), whole)) << spec.name << ": depth 0 alone";
+      },
+      d);
+  for (int r = 0; r < layout.parts; ++r) EXPECT_EQ(layout.counts_pieces(r), r < q * q) << r;
+}
+
+TEST(TensorParallel25d, GptMatchesOneProcess) { check_model("gpt2"); }
+TEST(TensorParallel25d, LlamaWithGroupedQueryAttentionMatchesOneProcess) { check_model("llama"); }
 
 }  // namespace
 }  // namespace kolos::parallel::tensor

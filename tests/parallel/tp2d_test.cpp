@@ -20,9 +20,8 @@
 #include "kolos/nn/layers.h"
 #include "kolos/models/model.h"
 #include "tests/dist/thread_ranks.h"
+#include "tests/parallel/grid_model.h"
 #include "tests/support.h"
-#include "tests/models/small_models.h"
-#include "tests/parallel/sharded_model_check.h"
 
 namespace kolos::parallel::tensor {
 namespace {
@@ -197,14 +196,17 @@ void check_norm(bool layer_norm) {
 TEST(TensorParallel2d, LayerNormMatchesOneProcess) { check_norm(true); }
 TEST(TensorParallel2d, RmsNormMatchesOneProcess) { check_norm(false); }
 
-// The whole model under tensor_parallel_2d on a 2 × 2 grid against one process (tests/parallel/sharded_model_check.h);
-// the placements of the (ungrouped, unpadded) matrices and vectors are the blocks the 2D layers compute on.
+// The whole model under tensor_parallel_2d on a 2 × 2 grid against one process (fp32, as the 1D test;
+// tests/parallel/grid_model.h). The vocabulary (37) does not divide by q, so the table's padding is exercised; LLaMA
+// has grouped-query attention (4 heads, 2 key/value heads) and an untied head, GPT-2 a tied one, biases and a
+// position table.
 void check_model(const std::string& arch) {
   const int q = 2;
-  test::check_sharded_model<Grid2d>(
-      arch, /*batch=*/4, nn::TpLayout(q * q, true), [](const auto& body) { run_grid(4, body); },
+  test::check_model_on_grid<Grid2d>(
+      arch, nn::TpLayout(q * q, true), /*batch=*/4,
       [](Grid2d& grid, int64_t vocab) { return tensor_parallel_2d(grid, vocab); },
-      [q](Grid2d& grid, const nn::ParamSpec& spec, const at::Tensor& whole, const at::Tensor& piece) {
+      [q](Grid2d& grid, int, const nn::ParamSpec& spec, const at::Tensor& whole, const at::Tensor& piece) {
+        // The placements are the blocks the 2D layers compute on (ungrouped, unpadded ones: the same slicing).
         const bool matrix = spec.shape.size() == 2 && spec.tp_dim >= 0;
         if (matrix && spec.tp_groups == 1 && spec.shape[0] % q == 0) {
           EXPECT_TRUE(at::equal(piece, weight_block_2d(whole, grid))) << spec.name;

@@ -2,7 +2,7 @@
 // K axis y, the second z, so one's output piece is the next one's input piece) on a 2 × 2 × 2 cube of thread
 // ranks, each holding its pieces of the same whole tensors; outputs and every gradient must be that rank's piece of
 // the one-process result. fp64 unless bytes are counted or the whole model runs. Then the norms, and GPT-2 and
-// LLaMA under tensor_parallel_3d against one process (tests/parallel/sharded_model_check.h).
+// LLaMA under tensor_parallel_3d against one process (tests/parallel/grid_model.h).
 #include "kolos/parallel/tensor/tp3d.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -19,7 +19,7 @@
 #include "kolos/nn/layers.h"
 #include "tests/dist/thread_ranks.h"
 #include "tests/support.h"
-#include "tests/parallel/sharded_model_check.h"
+#include "tests/parallel/grid_model.h"
 
 namespace kolos::parallel::tensor {
 namespace {
@@ -149,10 +149,10 @@ TEST(TensorParallel3d, RmsNormMatchesOneProcess) { check_norm(false); }
 // pieces the 3D layers compute on: K axis y for tp_dim 0, z otherwise.
 void check_model(const std::string& arch) {
   const int q = 2;
-  test::check_sharded_model<Grid3d>(
-      arch, /*batch=*/4, nn::TpLayout(q * q * q, true, true), [](const auto& body) { run_cube(8, body); },
+  test::check_model_on_grid<Grid3d>(
+      arch, nn::TpLayout(q * q * q, true, /*depth=*/1, /*cube=*/true), /*batch=*/4,
       [](Grid3d& grid, int64_t vocab) { return tensor_parallel_3d(grid, vocab); },
-      [q](Grid3d& grid, const nn::ParamSpec& spec, const at::Tensor& whole, const at::Tensor& piece) {
+      [q](Grid3d& grid, int, const nn::ParamSpec& spec, const at::Tensor& whole, const at::Tensor& piece) {
         const auto k = spec.tp_dim == 0 ? Grid3d::kY : Grid3d::kZ;
         const bool matrix = spec.shape.size() == 2 && spec.tp_dim >= 0;
         if (matrix && spec.tp_groups == 1 && spec.shape[0] % q == 0) {

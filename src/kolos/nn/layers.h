@@ -41,8 +41,9 @@ struct Sharding {
   // 2D tensor parallelism (parts = q² ranks on a q × q grid): every parameter is a piece (TpLayout), and the
   // activations are blocks of (batch / q, ..., features / q) — the norms and the position table below are split.
   bool grid = false;
+  int depth = 1;  // 2.5D: parts = depth·q² ranks, `depth` layers of the q × q grid, activations (batch / (depth·q))
   bool cube = false;  // 3D (parts = q³ ranks on a q × q × q cube; grid is true too)
-  TpLayout layout() const { return TpLayout(parts, grid, cube); }
+  TpLayout layout() const { return TpLayout(parts, grid, depth, cube); }
   // The hidden state entering the blocks (after the embeddings): kept whole, or this rank's slice of the sequence
   // (Megatron-SP), in which case the blocks' norms and dropout run on the slice and the Linears gather it.
   std::function<at::Tensor(const at::Tensor& x)> enter;

@@ -1,7 +1,6 @@
 #include "kolos/nn/param.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -127,11 +126,13 @@ at::Tensor unshard_3d(const std::vector<at::Tensor>& pieces, const ParamSpec& sp
 }  // namespace
 
 int TpLayout::q() const {
-  const int power = cube ? 3 : 2;
+  KOLOS_ASSERT(grid && depth >= 1 && parts % depth == 0, "TpLayout::q of {} ranks (grid {}, depth {})", parts, grid,
+               depth);
+  const int layer = parts / depth, power = cube ? 3 : 2;
+  auto raise = [power](int q) { return power == 3 ? q * q * q : q * q; };
   int q = 1;
-  while (static_cast<int>(std::pow(q, power)) < parts) ++q;
-  KOLOS_ASSERT(grid && static_cast<int>(std::pow(q, power)) == parts, "TpLayout::q of {} ranks (grid {}, cube {})",
-               parts, grid, cube);
+  while (raise(q) < layer) ++q;
+  KOLOS_ASSERT(raise(q) == layer, "TpLayout::q of {} ranks (grid {}, depth {}, cube {})", parts, grid, depth, cube);
   return q;
 }
 
@@ -155,18 +156,23 @@ at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, const TpL
   KOLOS_ASSERT(s.by_row.tp_dim != s.by_col.tp_dim || whole.size(s.by_col.tp_dim) % (q * q) == 0,
                "parameter {}: dimension {} of size {} does not split into {} pieces", spec.name, s.by_col.tp_dim,
                whole.size(s.by_col.tp_dim), q * q);
-  return shard_1d(shard_1d(whole, s.by_col, q, index % q), s.by_row, q, index / q).contiguous();
+  const int in_layer = index % (q * q);  // 2.5D: every depth layer holds the same pieces
+  return shard_1d(shard_1d(whole, s.by_col, q, in_layer % q), s.by_row, q, in_layer / q).contiguous();
 }
 
 at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec, const TpLayout& layout) {
   if (!layout.grid || layout.parts == 1)
     return unshard_1d(pieces, spec, spec.tp_dim >= 0 ? spec.shape[spec.tp_dim] : 0);
   const int q = layout.q();
-  KOLOS_ASSERT(static_cast<int>(pieces.size()) == layout.parts, "parameter {}: {} pieces for {} ranks", spec.name,
-               pieces.size(), layout.parts);
-  if (layout.cube) return unshard_3d(pieces, spec, q);
+  if (layout.cube) {
+    KOLOS_ASSERT(static_cast<int>(pieces.size()) == layout.parts, "parameter {}: {} pieces for {} ranks", spec.name,
+                 pieces.size(), layout.parts);
+    return unshard_3d(pieces, spec, q);
+  }
+  KOLOS_ASSERT(static_cast<int>(pieces.size()) == layout.parts || static_cast<int>(pieces.size()) == q * q,
+               "parameter {}: {} pieces for {} ranks", spec.name, pieces.size(), layout.parts);
   const GridSplits s = grid_splits(spec);
-  // Column j's block from its rows' pieces (ranks i·q + j), then the whole from the blocks.
+  // Column j's block from its rows' pieces (ranks i·q + j: depth 0's under 2.5D), then the whole from the blocks.
   std::vector<at::Tensor> blocks;
   for (int j = 0; j < q; ++j) {
     std::vector<at::Tensor> rows;

@@ -47,6 +47,9 @@ struct ParamSpec {
 //       (grouped by tp_groups; an uneven vocabulary padded with zero rows as in 1D), dim 1 block i of q;
 //     - anything else (biases, norm weights, the position table (P, C)): the last dim cut into q blocks (block j,
 //       grouped by tp_groups as its weight's outputs), each cut into q pieces: piece i of block j.
+//   2.5D (grid true, depth d > 1): parts = d·q² ranks, d layers of the q × q grid (parallel/tensor/tp25d.h): rank r
+//     at depth r / q² holds 2D's pieces of position r % q², the same pieces on every layer. shard_param gives each
+//     layer those pieces; unshard_param builds the whole tensor from depth 0's (the other layers' are copies).
 //   3D (grid and cube true): parts = q³ ranks on a q × q × q cube, rank r at (x, y, z) = (r / q², (r / q) % q,
 //     r % q) (parallel/tensor/tp3d.h); every parameter is split into q³ pieces, none replicated. A parameter
 //     with tp_dim = 0 (a column Linear's weight and bias, a vocabulary table) has the layout of a Linear whose K
@@ -59,10 +62,14 @@ struct ParamSpec {
 struct TpLayout {
   int parts = 1;
   bool grid = false;
-  bool cube = false;
-  TpLayout(int parts_ = 1, bool grid_ = false, bool cube_ = false)  // NOLINT: implicit 1D
-      : parts(parts_), grid(grid_ || cube_), cube(cube_) {}
-  int q() const;  // the grid's side (2D) or the cube's edge (3D)
+  int depth = 1;  // 2.5D's d (1: 1D, 2D or 3D)
+  bool cube = false;  // 3D
+  TpLayout(int parts_ = 1, bool grid_ = false, int depth_ = 1, bool cube_ = false)  // NOLINT: implicit 1D
+      : parts(parts_), grid(grid_ || cube_), depth(depth_), cube(cube_) {}
+  int q() const;  // the grid's side (2D and 2.5D) or the cube's edge (3D)
+  // Whether tp rank `index` holds the copy of its pieces that sums over the tp group count (the gradient norm,
+  // whole-tensor norms): every rank except 2.5D's layers above depth 0, whose pieces are copies of depth 0's.
+  bool counts_pieces(int index) const { return index < parts / depth; }
 };
 
 // Whether each tp rank holds a different piece of the parameter (its gradient norm summed over the tp ranks), not
@@ -71,8 +78,10 @@ bool split_over_tp(const ParamSpec& spec, const TpLayout& layout);
 
 // Rank `index` of the layout's piece of a parameter given whole (global shape), as ParamSpec::tp_dim/tp_groups
 // and TpLayout say (a contiguous copy). The whole tensor itself when the parameter is replicated or parts == 1.
+// 2.5D: the piece of the rank's 2D position in its layer (index % q²).
 at::Tensor shard_param(const at::Tensor& whole, const ParamSpec& spec, const TpLayout& layout, int index);
-// The inverse: the whole parameter from all ranks' pieces in rank order.
+// The inverse: the whole parameter from all ranks' pieces in rank order (2.5D: all d·q², or depth 0's q² alone;
+// the first q² are used).
 at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec, const TpLayout& layout);
 inline at::Tensor unshard_param(const std::vector<at::Tensor>& pieces, const ParamSpec& spec) {
   return unshard_param(pieces, spec, TpLayout(static_cast<int>(pieces.size())));

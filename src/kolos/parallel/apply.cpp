@@ -15,28 +15,32 @@ namespace kolos::parallel {
 
 namespace {
 
-// Slot 1: tensor sharding (1D, with Megatron-SP; 2D) and sequence parallelism on the sp axis (ring, Ulysses).
-// Returns the 2D grid (null otherwise), which must outlive the model.
-std::unique_ptr<tensor::Grid2d> apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan,
-                                                      const dist::Mesh* mesh) {
-  if (plan.tp == 1 && plan.sp == 1) return nullptr;
+// Slot 1: tensor sharding (1D, with Megatron-SP; 2D; 2.5D) and sequence parallelism on the sp axis (ring,
+// Ulysses). Builds the 2D or 2.5D grid into `out`, which must outlive the model.
+void apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh,
+                           Parallelized& out) {
+  if (plan.tp == 1 && plan.sp == 1) return;
   KOLOS_ASSERT(mesh, "tensor or sequence parallelism without a mesh");
   nn::Sharding sharding;
-  std::unique_ptr<tensor::Grid2d> grid;
-  if (plan.tp > 1 && plan.tp_mode == "2d") {
-    // Collective over the tp group; its lowest world rank names the namespace of its rows and columns.
+  const bool grid_2d = plan.tp > 1 && plan.tp_mode == "2d", layers = plan.tp > 1 && plan.tp_mode == "2.5d";
+  if (grid_2d || layers) {
+    // Collective over the tp group; its lowest world rank names the namespace of its sub-groups.
     auto coords = mesh->coords_of(mesh->rank());
     coords[3] = 0;
-    auto store =
-        c10::make_intrusive<c10d::PrefixStore>(fmt::format("mesh/tp2d/{}", mesh->rank_at(coords)), mesh->store());
-    grid = tensor::Grid2d::create(store, mesh->comm("tp"), mesh->options());
-    sharding = tensor::tensor_parallel_2d(*grid, config.model.vocab);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(
+        fmt::format("mesh/{}/{}", grid_2d ? "tp2d" : "tp25d", mesh->rank_at(coords)), mesh->store());
+    if (grid_2d) {
+      out.grid = tensor::Grid2d::create(store, mesh->comm("tp"), mesh->options());
+      sharding = tensor::tensor_parallel_2d(*out.grid, config.model.vocab);
+    } else {
+      out.grid_25d = tensor::Grid25d::create(store, mesh->comm("tp"), plan.tp_depth, mesh->options());
+      sharding = tensor::tensor_parallel_25d(*out.grid_25d, config.model.vocab);
+    }
   } else if (plan.tp > 1) {
     sharding = tensor::tensor_parallel_1d(mesh->comm("tp"), config.model.vocab, plan.megatron_sp);
   }
   if (plan.sp > 1) sequence::add_sequence_parallel(sharding, mesh->comm("sp"), plan.sp_mode);
   model.set_sharding(std::move(sharding));
-  return grid;
 }
 
 // Slot 2: activation checkpointing. The blocks keep their input only and are recomputed in backward
@@ -89,7 +93,7 @@ Parallelized apply(models::Model& model, const Config& config, const Plan& plan,
                "parallel::apply: the plan is for {} processes, the mesh has {}", plan.world,
                mesh ? mesh->world_size() : 1);
   Parallelized out;
-  out.grid = apply_tensor_sequence(model, config, plan, mesh);
+  apply_tensor_sequence(model, config, plan, mesh, out);
   apply_activation_checkpointing(model, config);
   apply_pipeline(model, config, plan, mesh);
   out.data = apply_data_parallel(model, config, plan, mesh);

@@ -25,42 +25,65 @@ std::string Plan::describe() const {
 namespace {
 
 // 2D (tensor/tp2d.h): tp = q² ranks on a q × q grid; weights split q × q, activations batch / q × features / q, and
-// the biases and norm weights into q² pieces; the modes it does not compose with yet are refused.
-void check_grid_2d(const Config& config, const Plan& plan) {
+// the biases and norm weights into q² pieces. 2.5D (tensor/tp25d.h): tp = d·q², d = parallel.tp_depth layers of that
+// grid holding the same pieces, the batch split d·q ways. The modes they do not compose with yet are refused.
+void check_grid(const Config& config, const Plan& plan) {
   const auto& m = config.model;
+  const bool layers = plan.tp_mode == "2.5d";
+  const std::string mode = fmt::format("parallel.tp = {} with tp_mode \"{}\"", plan.tp, plan.tp_mode);
+  int d = 1;
+  if (layers) {
+    d = plan.tp_depth;
+    KOLOS_CHECK(d >= 1 && plan.tp % d == 0,
+                "{}: 2.5D tensor parallelism needs parallel.tp = d·q² with d = parallel.tp_depth; parallel.tp_depth = "
+                "{} does not divide tp (use e.g. tp = 8 with tp_depth = 2, a 2 × 2 grid on 2 layers)",
+                mode, d);
+  }
+  const int layer = plan.tp / d;
   int q = 1;
-  while (q * q < plan.tp) ++q;
-  KOLOS_CHECK(q * q == plan.tp,
-              "parallel.tp = {} with tp_mode \"2d\": 2D tensor parallelism needs a square number of tp ranks (a q × q "
-              "grid); use parallel.tp = 4, 9, 16, ...",
-              plan.tp);
+  while (q * q < layer) ++q;
+  if (layers) {
+    KOLOS_CHECK(q * q == layer,
+                "{}: 2.5D tensor parallelism needs parallel.tp = d·q²; tp / parallel.tp_depth = {} / {} = {} ranks per "
+                "layer is not a square (use e.g. tp = 8 with tp_depth = 2, or tp = 18 with tp_depth = 2)",
+                mode, plan.tp, d, layer);
+  } else {
+    KOLOS_CHECK(q * q == plan.tp,
+                "{}: 2D tensor parallelism needs a square number of tp ranks (a q × q grid); use parallel.tp = 4, 9, "
+                "16, ...",
+                mode);
+  }
   const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads;
   KOLOS_CHECK(m.heads % q == 0,
-              "parallel.tp = {} with tp_mode \"2d\": model.heads = {} must be divisible by q = {} (each grid column "
-              "computes whole heads)",
-              plan.tp, m.heads, q);
+              "{}: model.heads = {} must be divisible by q = {} (each grid column computes whole heads)", mode, m.heads,
+              q);
   KOLOS_CHECK(kv % q == 0,
-              "parallel.tp = {} with tp_mode \"2d\": the {} key/value heads (model.kv_heads) must be divisible by q = "
-              "{} (each grid column keeps whole key/value heads)",
-              plan.tp, kv, q);
-  KOLOS_CHECK(m.hidden % plan.tp == 0,
-              "parallel.tp = {} with tp_mode \"2d\": model.hidden = {} must be divisible by q² = tp (the norm weights "
-              "and biases are split into q² pieces)",
-              plan.tp, m.hidden);
+              "{}: the {} key/value heads (model.kv_heads) must be divisible by q = {} (each grid column keeps whole "
+              "key/value heads)",
+              mode, kv, q);
+  KOLOS_CHECK(m.hidden % (q * q) == 0,
+              "{}: model.hidden = {} must be divisible by q² = {} (the norm weights and biases are split into q² "
+              "pieces)",
+              mode, m.hidden, q * q);
   // GPT-2's fc bias is split into q² pieces; LLaMA has no biases, its ffn only into q blocks.
-  const int64_t ffn_parts = m.arch == "gpt2" ? plan.tp : q;
-  KOLOS_CHECK(m.ffn_hidden % ffn_parts == 0,
-              "parallel.tp = {} with tp_mode \"2d\": model.ffn_hidden = {} must be divisible by {} ({})", plan.tp,
+  const int64_t ffn_parts = m.arch == "gpt2" ? q * q : q;
+  KOLOS_CHECK(m.ffn_hidden % ffn_parts == 0, "{}: model.ffn_hidden = {} must be divisible by {} ({})", mode,
               m.ffn_hidden, ffn_parts, m.arch == "gpt2" ? "q², the pieces of the fc bias" : "q, the grid's side");
-  KOLOS_CHECK(config.train.batch_size % q == 0,
-              "parallel.tp = {} with tp_mode \"2d\": train.batch_size = {} must be divisible by q = {} (the grid's "
-              "rows hold a block of the batch each)",
-              plan.tp, config.train.batch_size, q);
+  if (layers) {
+    KOLOS_CHECK(config.train.batch_size % (d * q) == 0,
+                "{}: train.batch_size = {} must be divisible by d·q = {}·{} = {} (each layer's rows hold a block of the "
+                "batch each)",
+                mode, config.train.batch_size, d, q, d * q);
+  } else {
+    KOLOS_CHECK(config.train.batch_size % q == 0,
+                "{}: train.batch_size = {} must be divisible by q = {} (the grid's rows hold a block of the batch each)",
+                mode, config.train.batch_size, q);
+  }
   KOLOS_CHECK(plan.sp == 1 && plan.pp == 1 && !plan.megatron_sp,
-              "parallel.tp_mode = \"2d\" with sp = {}, pp = {}, megatron_sp = {}: 2D tensor parallelism does not yet "
+              "parallel.tp_mode = \"{}\" with sp = {}, pp = {}, megatron_sp = {}: {} tensor parallelism does not yet "
               "compose with sequence or pipeline parallelism; use sp = 1, pp = 1, megatron_sp = false, or tp_mode "
               "\"1d\"",
-              plan.sp, plan.pp, plan.megatron_sp);
+              plan.tp_mode, plan.sp, plan.pp, plan.megatron_sp, layers ? "2.5D" : "2D");
 }
 
 }  // namespace
@@ -97,15 +120,19 @@ Plan make_plan(const Config& config, int world_size) {
               "started): set parallel.dp = 0 to derive it, or start {} processes",
               plan.pp, plan.dp, plan.sp, plan.tp, plan.dp * others, world_size, plan.dp * others);
 
+  KOLOS_CHECK(plan.tp_depth == 1 || (plan.tp > 1 && plan.tp_mode == "2.5d"),
+              "parallel.tp_depth = {} is the depth of 2.5D tensor parallelism: it needs parallel.tp_mode = \"2.5d\" "
+              "and parallel.tp > 1 (got tp_mode \"{}\", tp = {}); leave tp_depth = 1 otherwise",
+              plan.tp_depth, plan.tp_mode, plan.tp);
   // Tensor parallelism: every split dimension must divide (the vocabulary is padded instead).
   if (plan.tp > 1) {
     const auto& m = config.model;
-    KOLOS_CHECK(plan.tp_mode == "1d" || plan.tp_mode == "2d",
-                "parallel.tp_mode = \"{}\": 2.5D and 3D tensor parallelism are not yet supported (issue 8); use "
-                "\"1d\" or \"2d\"",
+    KOLOS_CHECK(plan.tp_mode != "3d",
+                "parallel.tp_mode = \"{}\": 3D tensor parallelism is not yet supported (issue 8); use \"1d\", \"2d\" "
+                "or \"2.5d\"",
                 plan.tp_mode);
-    if (plan.tp_mode == "2d") {
-      check_grid_2d(config, plan);
+    if (plan.tp_mode == "2d" || plan.tp_mode == "2.5d") {
+      check_grid(config, plan);
     } else {
       const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads;
       KOLOS_CHECK(m.heads % plan.tp == 0,

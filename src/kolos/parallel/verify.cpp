@@ -192,6 +192,14 @@ StageWork stage_work(const Config& config, const Plan& plan, int stage) {
 //               receive on tp each way; GPT-2's position table one column all-gather (reduce-scatter backward).
 //               The head: the final norm, the head's product (a Linear without bias), 3 row all-reduces in the
 //               loss and one column all-reduce of the rows' means.
+//   tp 2.5D (tensor/tp25d.h, tp_depth = d layers of a q × q grid, q = √(tp / d)): within each layer exactly the 2D
+//               counts above on tp_row and tp_col (the layer's tokens are fewer, the calls the same; the transposes
+//               off the layer's diagonal, on the layer's group, recorded under tp). Along the depth (tp_depth):
+//               every use of a parameter piece all-reduces that piece's gradient once in backward (copy_to,
+//               tp2d.h's grid_sharding) — per block GPT-2 12 (4 Linear weights, 4 biases, 2 LayerNorms' weight and
+//               bias), LLaMA 9 (7 weights, 2 RMSNorm weights); the stem 1 (the token table; GPT-2 + the position
+//               table); the head the final norm's pieces (GPT-2 2, LLaMA 1) and the head weight (the tied table
+//               again, or lm_head): 1. Forward, one all-reduce of the layers' mean losses (in the head).
 // A block under activation checkpointing (`recomputed` of them) runs its forward again in backward, with its forward
 // collectives (counted in the forward phase).
 std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, const StageWork& w,
@@ -200,10 +208,17 @@ std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(co
   std::map<std::tuple<std::string, std::string, std::string>, int64_t> want;
   const int64_t L = w.blocks, m = micro_steps, F = w.blocks + w.recomputed;  // block forwards per micro-step
   const int64_t stem = w.stem ? 1 : 0, head = w.head ? 1 : 0;
-  if (plan.tp > 1 && plan.tp_mode == "2d") {
+  if (plan.tp > 1 && (plan.tp_mode == "2d" || plan.tp_mode == "2.5d")) {
     const int64_t q = plan.tp_layout().q(), linears = w.gpt ? 4 : 7, affines = (w.gpt ? 4 : 0) + 2;
     const int64_t stats = w.gpt ? 2 : 1, wpe = w.gpt ? stem : 0;
-    const int64_t transposes = tp_coord / q != tp_coord % q ? stem : 0;
+    const int64_t in_layer = tp_coord % (q * q);  // 2.5D: the position in this rank's layer
+    const int64_t transposes = in_layer / q != in_layer % q ? stem : 0;
+    if (plan.tp_layout().depth > 1) {
+      const int64_t block_pieces = w.gpt ? 12 : 9, final_norm = w.gpt ? 2 : 1;
+      want[{"tp_depth", "all_reduce", "backward"}] =
+          m * (block_pieces * L + (1 + wpe) * stem + (final_norm + 1) * head);
+      want[{"tp_depth", "all_reduce", "forward"}] = m * head;
+    }
     for (const char* axis : {"tp_row", "tp_col"}) {
       want[{axis, "broadcast", "forward"}] = m * q * (linears * F + head);
       want[{axis, "broadcast", "backward"}] = m * q * (linears * L + head);

@@ -10,9 +10,11 @@
 #include <nlohmann/json.hpp>
 
 #include "kolos/config/config.h"
+#include "kolos/core/alloc_counter.h"
 #include "kolos/dist/env.h"
 #include "kolos/core/cli.h"
 #include "kolos/core/error.h"
+#include "kolos/core/subprocess.h"
 #include "kolos/core/units.h"
 #include "kolos/train/gemm_bench.h"
 #include "kolos/train/trainer.h"
@@ -26,28 +28,6 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Runs a command and returns the last line of its stdout that parses as a JSON object (null when none).
-nlohmann::json run_json_command(const std::string& command) {
-  FILE* pipe = popen(command.c_str(), "r");
-  KOLOS_CHECK(pipe != nullptr, "bench train: cannot run {}", command);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
-  nlohmann::json last;
-  size_t start = 0;
-  while (start < out.size()) {
-    size_t end = out.find('\n', start);
-    if (end == std::string::npos) end = out.size();
-    auto j = nlohmann::json::parse(out.substr(start, end - start), nullptr, false);
-    if (j.is_object()) last = j;
-    start = end + 1;
-  }
-  KOLOS_CHECK(status == 0 && last.is_object(), "bench train: `{}` failed (status {}); output:\n{}", command, status, out);
-  return last;
 }
 
 }  // namespace
@@ -64,6 +44,10 @@ int bench_train_main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed steps (default 10)")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first (default 2)")->check(CLI::NonNegativeNumber);
   app.add_flag("--pytorch", pytorch, "also run bench/pytorch_train.py (PyTorch eager, same shapes) and compare");
+  bool per_rank = false;
+  app.add_flag("--per-rank", per_rank,
+               "also report every rank's parameter bytes, activation bytes (the CPU allocator's live bytes a forward "
+               "adds) and collective bytes per timed step");
   if (!parse_args(app, argc, argv)) return 0;
 
   std::vector<std::string> sets = {"model.seq_len=256", "train.batch_size=4", "data.synthetic=true",
@@ -81,15 +65,17 @@ int bench_train_main(int argc, char** argv) {
   gemm_options.bf16 = config.train.dtype == "bf16";  // the bf16 rate as a second yardstick
   const GemmBenchResult gemm = run_gemm_bench(2048, threads, gemm_options);
 
+  if (per_rank) count_cpu_allocations();  // before any tensor: activation bytes are live-byte differences
   Trainer trainer(config, options, env);
   const auto& m = config.model;
   if (rank0)
     std::printf("kolos bench train: %s, %ld layers, hidden %ld, heads %ld, vocab %ld, seq %ld, batch %ld, %d threads\n",
               m.arch.c_str(), m.layers, m.hidden, m.heads, m.vocab, m.seq_len, config.train.batch_size, threads);
   std::vector<double> step_ms, fwd_bwd_ms, optim_ms;
-  int64_t tokens_per_step = 0, io_bytes = 0, chunk_moves = 0;
+  int64_t tokens_per_step = 0, io_bytes = 0, chunk_moves = 0, activation_bytes = 0, comm_start = 0;
   StepResult last;
   for (int64_t s = 0; s < warmup + steps; ++s) {
+    if (s == warmup) comm_start = trainer.comm_bytes();
     StepResult r = trainer.train_step(s);
     tokens_per_step = r.tokens;
     if (rank0)
@@ -103,6 +89,7 @@ int bench_train_main(int argc, char** argv) {
     if (s < warmup) continue;
     io_bytes += r.io_bytes;
     chunk_moves += r.chunk_moves;
+    activation_bytes = std::max(activation_bytes, r.activation_bytes);
     step_ms.push_back(r.step_ms);
     fwd_bwd_ms.push_back(r.fwd_bwd_ms);
     optim_ms.push_back(r.optim_ms);
@@ -143,6 +130,20 @@ int bench_train_main(int argc, char** argv) {
     out["gemm_bf16_gflops"] = gemm.bf16_gflops;
     out["mfu_vs_bf16_gemm"] = tps / env.world_size * trainer.flops_per_token() / (gemm.bf16_gflops * 1e9);
   }
+  if (per_rank) {  // collective: every rank's figures, in rank order
+    double param_bytes = 0;
+    for (const auto& [name, p] : trainer.model().params()) param_bytes += static_cast<double>(p.nbytes());
+    const double comm = static_cast<double>(trainer.comm_bytes() - comm_start) / static_cast<double>(steps);
+    const auto all = trainer.gather_world({param_bytes, static_cast<double>(activation_bytes), comm});
+    nlohmann::json ranks = {{"param_bytes", nlohmann::json::array()}, {"activation_bytes", nlohmann::json::array()},
+                            {"comm_bytes_per_step", nlohmann::json::array()}};
+    for (const auto& v : all) {
+      ranks["param_bytes"].push_back(static_cast<int64_t>(v[0]));
+      ranks["activation_bytes"].push_back(static_cast<int64_t>(v[1]));
+      ranks["comm_bytes_per_step"].push_back(static_cast<int64_t>(v[2]));
+    }
+    out["per_rank"] = ranks;
+  }
   if (!rank0) return 0;
   if (pytorch) {
     KOLOS_CHECK(m.arch == "gpt2", "bench train --pytorch: the PyTorch reference is GPT-2 only, got model.arch = {}", m.arch);
@@ -153,7 +154,7 @@ int bench_train_main(int argc, char** argv) {
         threads, gemm.fp32_gflops);
     std::printf("running the PyTorch reference: %s\n", cmd.c_str());
     std::fflush(stdout);
-    nlohmann::json ref = run_json_command(cmd);
+    nlohmann::json ref = run_json_command(cmd, "bench train");
     out["pytorch"] = ref;
     const double ref_tps = ref.value("tokens_per_s", 0.0);
     if (ref_tps > 0) out["speedup_vs_pytorch"] = tps / ref_tps;

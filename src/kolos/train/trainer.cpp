@@ -154,6 +154,23 @@ void Trainer::all_reduce_world(at::Tensor& values, dist::ReduceOp op) {
   if (mesh_) mesh_->world().all_reduce(values, op);
 }
 
+std::vector<std::vector<double>> Trainer::gather_world(const std::vector<double>& mine) {
+  const at::Tensor local = at::tensor(mine, at::kDouble);
+  if (!mesh_) return {mine};
+  const int n = mesh_->world().size();
+  at::Tensor all = at::empty({n, static_cast<int64_t>(mine.size())}, at::kDouble);
+  {
+    dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kOther);
+    mesh_->world().all_gather(local, all);
+  }
+  std::vector<std::vector<double>> out(n);
+  for (int r = 0; r < n; ++r) {
+    const at::Tensor row = all[r].contiguous();
+    out[r].assign(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
+  }
+  return out;
+}
+
 double Trainer::flops_per_token() const {
   const auto& m = config_.model;
   return 6.0 * static_cast<double>(model_->num_matmul_params()) +
@@ -226,11 +243,13 @@ StepResult Trainer::train_step(int64_t step) {
       dp.begin_micro(k, accum);
       if (inject_inf && k == accum - 1) dp.inject_inf_for_test();
       at::Tensor loss;
+      const int64_t live_before = cpu_live_bytes();
       {
         dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kForward);
         AutocastScope autocast(autocast_);
         loss = model_->loss(b.input, b.target);
       }
+      r.activation_bytes = std::max(r.activation_bytes, cpu_live_bytes() - live_before);
       loss_sum += loss.item<double>();
       {
         dist::Ledger::PhaseScope phase(ledger(), dist::Phase::kBackward);

@@ -79,6 +79,10 @@ struct StepResult {
   // streaming). `offload` false: nothing is offloaded (the fields stay 0).
   bool offload = false;
   int64_t mem_compute = 0, mem_host = 0, mem_nvme = 0, chunk_moves = 0, io_bytes = 0;
+  // The CPU allocator's live bytes after a micro-step's forward (the loss computed, backward not begun) less those
+  // before it — the activations autograd keeps for backward, with the logits and the loss — the most over the
+  // step's micro-steps; 0 unless allocations are counted (count_cpu_allocations; kolos bench train does).
+  int64_t activation_bytes = 0;
   // Last micro-step's backward (for train.trace_comm).
   std::chrono::steady_clock::time_point step_start, backward_start, backward_end;
 };
@@ -114,6 +118,10 @@ class Trainer {
   const optim::LossScaler* loss_scaler() const { return scaler_ ? &*scaler_ : nullptr; }
   // The owner of this rank's flat parameter, gradient and optimizer buffers.
   const parallel::DataParallel& data_parallel() const { return *par_.data; }
+  // Bytes this rank's collectives have moved so far (its ledger's total; 0 on one process).
+  int64_t comm_bytes() const { return ledger_->total_bytes(); }
+  // `mine` from every rank of the world, in rank order (collective; every rank passes as many values).
+  std::vector<std::vector<double>> gather_world(const std::vector<double>& mine);
 
  private:
   void save(int64_t step_done);

@@ -63,7 +63,7 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     tp_ = tp_comm_->size();
     tp_rank_ = tp_comm_->rank();
   }
-  tp_layout_ = nn::TpLayout(tp_, model_.sharding().grid);
+  tp_layout_ = model_.sharding().layout();
   KOLOS_ASSERT(model_.sharding().parts == tp_, "the model is sharded {} ways, the tp Comm has {} ranks",
                model_.sharding().parts, tp_);
   if (comm_ && comm_->size() > 1) {
@@ -146,11 +146,14 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
     });
   }
   if (tp_ > 1) {
-    // ... and the tensors split over tp are summed over the tp ranks too (the replicated ones are not).
+    // ... and the tensors split over tp are summed over the tp ranks too (the replicated ones are not), each piece
+    // once: 2.5D's layers above depth 0 hold copies of depth 0's pieces and add nothing.
     ob.norm_reducers.push_back([this](at::Tensor& sums) {
       at::Tensor split = sums.clone();
+      const bool counted = tp_layout_.counts_pieces(tp_rank_);
       for (size_t t = 0; t < specs_.size(); ++t)
-        if (!nn::split_over_tp(specs_[t], tp_layout_)) split.narrow(0, 2 * static_cast<int64_t>(t), 2).zero_();
+        if (!counted || !nn::split_over_tp(specs_[t], tp_layout_))
+          split.narrow(0, 2 * static_cast<int64_t>(t), 2).zero_();
       dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOptimizer);
       tp_comm_->all_reduce(split);
       for (size_t t = 0; t < specs_.size(); ++t)
@@ -576,14 +579,15 @@ double DataParallel::grad_norm() {
   at::NoGradGuard no_grad;
   const bool excluding = std::find(norm_excluded_.begin(), norm_excluded_.end(), true) != norm_excluded_.end();
   if (tp_ > 1 || excluding) {
-    // Split tensors summed over the tp ranks, replicated ones counted once; then over the dp shards.
+    // Split tensors summed over the tp ranks (each piece once: not 2.5D's copies above depth 0), replicated ones
+    // counted once; then over the dp shards.
     double split = 0, replicated = 0;
     for (const auto& piece : pieces_) {
       if (norm_excluded_[piece.tensor]) continue;
       const double sq = optim::sum_of_squares(grad_buffer_.narrow(0, piece.grad_offset, piece.numel));
       (nn::split_over_tp(specs_[piece.tensor], tp_layout_) ? split : replicated) += sq;
     }
-    at::Tensor split_sum = at::full({1}, split, at::kDouble);
+    at::Tensor split_sum = at::full({1}, tp_layout_.counts_pieces(tp_rank_) ? split : 0.0, at::kDouble);
     if (tp_ > 1) {
       dist::Ledger::PhaseScope phase(tp_comm_->ledger(), dist::Phase::kOptimizer);
       tp_comm_->all_reduce(split_sum);

@@ -60,6 +60,10 @@ at::Tensor rms_norm_25d(const at::Tensor& x, const at::Tensor& weight, double ep
   return rms_norm_2d(x, shared_over_depth(weight, grid), eps, grid.layer());
 }
 
+nn::Sharding tensor_parallel_25d(Grid25d& grid, int64_t vocab) {
+  return grid_sharding(grid.layer(), vocab, GridDepth{&grid.depth_group(), grid.depth_index(), grid.depth()});
+}
+
 at::Tensor activation_block_25d(const at::Tensor& whole, int64_t token_dim, const Grid25d& grid) {
   const int64_t dim = token_dim < 0 ? token_dim + whole.dim() : token_dim;
   const at::Tensor layer_tokens =

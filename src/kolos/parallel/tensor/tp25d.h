@@ -3,7 +3,8 @@
 // 1/(d·q²) of every activation; weights are split q × q as in 2D and the same blocks are held by each depth layer
 // (1/q² of every parameter per rank). Within a layer the products are 2D's SUMMA (tp2d.h) on the layer's tokens;
 // the gradient of every weight, bias and norm piece is then summed over the d layers (an all-reduce along the
-// depth), since each layer saw only its own tokens. Standalone pieces; parallel::apply does not use them yet.
+// depth), since each layer saw only its own tokens: the depth is a data-parallel axis for the grid's parameters.
+// The standalone pieces below, and the whole model's sharding (tensor_parallel_25d, parallel.tp_mode = "2.5d").
 //
 // Grid. tp rank r sits at depth k = r / q², and within its layer at the 2D position of r % q² (row i = (r % q²) / q,
 // column j = r % q). Its depth group is the d ranks of the same (i, j) (ranked by k), recorded in the ledger under
@@ -58,6 +59,13 @@ at::Tensor linear_25d(const at::Tensor& x, const at::Tensor& weight, const at::T
 at::Tensor layer_norm_25d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                           Grid25d& grid);
 at::Tensor rms_norm_25d(const at::Tensor& x, const at::Tensor& weight, double eps, Grid25d& grid);
+
+// The whole model on the d layers: 2D's sharding (tensor_parallel_2d, tp2d.h) on this rank's layer, through
+// grid_sharding with the depth: the token ids' batch (B) split d·q ways (rank (k, i, j) works on batch block
+// k·q + i), every parameter piece's gradient all-reduced along the depth at each use (the tied embedding twice:
+// look-up and head), and the cross-entropy's layer mean averaged over the depth (one all-reduce, identity
+// backward). B must divide by d·q. parts = d·q², grid true, depth d; `grid` must outlive the model.
+nn::Sharding tensor_parallel_25d(Grid25d& grid, int64_t vocab);
 
 // This rank's block of a whole activation: tokens block k·q + i of d·q along `token_dim`, feature block j (copy).
 // Weights and vectors: weight_block_2d / vector_piece_2d with grid.layer().

@@ -239,32 +239,50 @@ at::Tensor rms_norm_2d(const at::Tensor& x, const at::Tensor& weight, double eps
   return normalize_split(x, eps, /*centre=*/false, grid.row()) * gather_rs(weight, 0, grid.col());
 }
 
-nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab) {
+nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab) { return grid_sharding(grid, vocab, GridDepth{}); }
+
+nn::Sharding grid_sharding(Grid2d& grid, int64_t vocab, GridDepth depth) {
+  KOLOS_ASSERT(depth.size >= 1 && (depth.size == 1 || depth.group), "grid_sharding: depth {} without its group",
+               depth.size);
   nn::Sharding s;
-  s.parts = grid.q() * grid.q();
+  s.parts = depth.size * grid.q() * grid.q();
   s.grid = true;
+  s.depth = depth.size;
   Grid2d* g = &grid;
-  s.column = s.row = [g](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-    return linear_2d(x, w, b, *g);
+  // A parameter piece as one use sees it: under 2.5D its gradient is summed over the depth layers.
+  auto shared = [depth](const at::Tensor& p) {
+    return depth.size == 1 || !p.defined() ? p : copy_to(p, *depth.group);
   };
-  s.head = [g](const at::Tensor& x, const at::Tensor& w) { return linear_2d(x, w, at::Tensor(), *g); };
-  s.embedding = [g](const at::Tensor& w, const at::Tensor& ids) {
-    check_divides(ids.size(0), g->q(), "the batch");
-    const at::Tensor rows = vocab_rows(w, ids, g->col_index() * w.size(0));  // features block i, every token
+  s.column = s.row = [g, shared](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    return linear_2d(x, shared(w), shared(b), *g);
+  };
+  s.head = [g, shared](const at::Tensor& x, const at::Tensor& w) {
+    return linear_2d(x, shared(w), at::Tensor(), *g);
+  };
+  s.embedding = [g, shared, depth](const at::Tensor& w, const at::Tensor& ids) {
+    check_divides(ids.size(0), static_cast<int64_t>(depth.size) * g->q(), "the batch");
+    const at::Tensor layer_ids = block_along(ids, 0, depth.index, depth.size, "the batch");  // this layer's block
+    // Features block i, every token of the layer.
+    const at::Tensor rows = vocab_rows(shared(w), layer_ids, g->col_index() * w.size(0));
     return transpose_blocks(scatter(rows, 0, g->row()), *g);
   };
-  s.cross_entropy = [g, vocab](const at::Tensor& logits, const at::Tensor& targets) {
-    const int64_t n = logits.size(0);
-    KOLOS_ASSERT(targets.size(0) == n * g->q(), "2D cross-entropy: {} logits rows of {} targets on a {}-row grid", n,
-                 targets.size(0), g->q());
-    at::Tensor mean = vocab_cross_entropy(logits, targets.narrow(0, g->row_index() * n, n), vocab, g->row());
-    return reduce_from(mean.reshape({1}), g->col()).squeeze(0) / g->q();
+  s.cross_entropy = [g, vocab, depth](const at::Tensor& logits, const at::Tensor& targets) {
+    const int64_t n = logits.size(0), blocks = static_cast<int64_t>(depth.size) * g->q();
+    KOLOS_ASSERT(targets.size(0) == n * blocks, "grid cross-entropy: {} logits rows of {} targets on {} row blocks", n,
+                 targets.size(0), blocks);
+    const int64_t block = static_cast<int64_t>(depth.index) * g->q() + g->row_index();
+    at::Tensor mean = vocab_cross_entropy(logits, targets.narrow(0, block * n, n), vocab, g->row());
+    at::Tensor layer = reduce_from(mean.reshape({1}), g->col()) / g->q();
+    if (depth.size > 1) layer = reduce_from(layer, *depth.group) / depth.size;
+    return layer.squeeze(0);
   };
-  s.layer_norm = [g](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
-    return layer_norm_2d(x, w, b, eps, *g);
+  s.layer_norm = [g, shared](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+    return layer_norm_2d(x, shared(w), shared(b), eps, *g);
   };
-  s.rms_norm = [g](const at::Tensor& x, const at::Tensor& w, double eps) { return rms_norm_2d(x, w, eps, *g); };
-  s.features = [g](const at::Tensor& p) { return gather_rs(p, p.dim() - 1, g->col()); };
+  s.rms_norm = [g, shared](const at::Tensor& x, const at::Tensor& w, double eps) {
+    return rms_norm_2d(x, shared(w), eps, *g);
+  };
+  s.features = [g, shared](const at::Tensor& p) { return gather_rs(shared(p), p.dim() - 1, g->col()); };
   return s;
 }
 

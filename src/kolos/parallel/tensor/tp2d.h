@@ -107,6 +107,20 @@ at::Tensor normalize_split(const at::Tensor& x, double eps, bool centre, dist::C
 //               by an all-reduce along the column (identity backward).
 nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab);
 
+// The model's sharding on one q × q grid, shared by 2D (tensor_parallel_2d: one layer) and 2.5D
+// (tensor_parallel_25d, tp25d.h: `depth` layers of the grid on blocks of the batch, holding the same pieces). With
+// depth.size = d > 1 the grid is layer k = depth.index of d: the embedding first keeps batch block k of d of the
+// token ids (the grid then splits it q ways as 2D does: rank (k, i, j) works on batch block k·q + i of d·q), every
+// parameter piece enters each use through copy_to(depth.group) (identity forward, its gradient all-reduced along the
+// depth backward: each layer saw only its tokens), and the cross-entropy's layer mean is averaged over the depth by
+// an all-reduce (identity backward), so the loss and every gradient are one process's. parts = d·q², grid true,
+// depth d. `grid` and depth.group must outlive the model.
+struct GridDepth {
+  dist::Comm* group = nullptr;  // the d ranks holding the same pieces (null for 2D)
+  int index = 0, size = 1;      // k, d
+};
+nn::Sharding grid_sharding(Grid2d& grid, int64_t vocab, GridDepth depth);
+
 // This rank's block of whole tensors (copies, contiguous) — to shard parameters and inputs, and in tests.
 //   activation: token block i along `token_dim`, feature block j along the last dimension (X[i, j], Y[i, j]).
 //   weight (out, in): out block j, in block i.
