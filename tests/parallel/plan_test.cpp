@@ -76,13 +76,10 @@ TEST(Plan, PipelineRulesNameTheKey) {
   EXPECT_NE(e.find("\"x\""), std::string::npos) << e;
 }
 
-// Tensor parallelism (1D): every split dimension divides; 3D waits for issue 8.
+// Tensor parallelism (1D): every split dimension divides.
 TEST(Plan, TensorParallelRulesNameTheDimension) {
   EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=2"}, 4), 4).describe(), "dp=2, tp=2 (1d)");
-  std::string e = plan_error({"parallel.tp=8", "parallel.tp_mode=3d"}, 8);
-  EXPECT_NE(e.find("parallel.tp_mode"), std::string::npos) << e;
-  EXPECT_NE(e.find("not yet supported"), std::string::npos) << e;
-  e = plan_error({"parallel.tp=2", "model.heads=5", "model.hidden=80"}, 2);
+  std::string e = plan_error({"parallel.tp=2", "model.heads=5", "model.hidden=80"}, 2);
   EXPECT_NE(e.find("model.heads = 5"), std::string::npos) << e;
   e = plan_error({"parallel.tp=4", "model.arch=llama", "model.kv_heads=2", "model.tie_embeddings=false"}, 4);
   EXPECT_NE(e.find("key/value heads"), std::string::npos) << e;
@@ -169,6 +166,28 @@ TEST(Plan, TwoAndAHalfDimensionalRulesNameTheKey) {
   const std::string e = plan_error({"parallel.tp=4", "parallel.tp_mode=2d", "parallel.tp_depth=2"}, 4);
   EXPECT_NE(e.find("parallel.tp_depth = 2"), std::string::npos) << e;
   EXPECT_NE(e.find("2.5d"), std::string::npos) << e;
+}
+
+// 3D: tp a perfect cube q³; heads and key/value heads by q, hidden by q³, GPT-2's ffn by q³ (its fc bias is in q³
+// pieces), LLaMA's by q², the batch by q²; no sp, pp or Megatron-SP yet. Each error names its key.
+TEST(Plan, ThreeDimensionalRulesNameTheKey) {
+  EXPECT_EQ(parallel::make_plan(parity({"parallel.tp=8", "parallel.tp_mode=3d"}, 8), 8).describe(), "tp=8 (3d)");
+  const nn::TpLayout layout = parallel::make_plan(parity({"parallel.tp=8", "parallel.tp_mode=3d"}, 8), 8).tp_layout();
+  EXPECT_TRUE(layout.cube);
+  EXPECT_EQ(layout.q(), 2);
+  for (const auto& [sets, world, want] : std::vector<std::tuple<std::vector<std::string>, int, std::string>>{
+           {{"parallel.tp=4"}, 4, "cube"},
+           {{"parallel.tp=8", "model.heads=3", "model.hidden=48"}, 8, "model.heads = 3"},
+           {{"parallel.tp=8", "model.hidden=68", "model.heads=2"}, 8, "model.hidden = 68"},
+           {{"parallel.tp=8", "model.ffn_hidden=260"}, 8, "model.ffn_hidden = 260"},
+           {{"parallel.tp=8", "train.batch_size=6", "train.global_batch=6"}, 8, "train.batch_size = 6"},
+           {{"parallel.tp=8", "parallel.sp=2"}, 16, "sp = 2"}}) {
+    std::vector<std::string> all = sets;
+    all.push_back("parallel.tp_mode=3d");
+    const std::string e = plan_error(all, world);
+    EXPECT_NE(e.find(want), std::string::npos) << want << ": " << e;
+    EXPECT_NE(e.find("3d"), std::string::npos) << want << ": " << e;
+  }
 }
 
 // Sequence parallelism: ring needs the sequence in 2·sp equal chunks, Ulysses whole heads per sp rank.

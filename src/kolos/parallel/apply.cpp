@@ -15,21 +15,25 @@ namespace kolos::parallel {
 
 namespace {
 
-// Slot 1: tensor sharding (1D, with Megatron-SP; 2D; 2.5D) and sequence parallelism on the sp axis (ring,
-// Ulysses). Builds the 2D or 2.5D grid into `out`, which must outlive the model.
+// Slot 1: tensor sharding (1D, with Megatron-SP; 2D; 2.5D; 3D) and sequence parallelism on the sp axis (ring,
+// Ulysses). Builds the 2D, 2.5D or 3D grid into `out`, which must outlive the model.
 void apply_tensor_sequence(models::Model& model, const Config& config, const Plan& plan, const dist::Mesh* mesh,
                            Parallelized& out) {
   if (plan.tp == 1 && plan.sp == 1) return;
   KOLOS_ASSERT(mesh, "tensor or sequence parallelism without a mesh");
   nn::Sharding sharding;
   const bool grid_2d = plan.tp > 1 && plan.tp_mode == "2d", layers = plan.tp > 1 && plan.tp_mode == "2.5d";
-  if (grid_2d || layers) {
+  const bool cube = plan.tp > 1 && plan.tp_mode == "3d";
+  if (grid_2d || layers || cube) {
     // Collective over the tp group; its lowest world rank names the namespace of its sub-groups.
     auto coords = mesh->coords_of(mesh->rank());
     coords[3] = 0;
     auto store = c10::make_intrusive<c10d::PrefixStore>(
-        fmt::format("mesh/{}/{}", grid_2d ? "tp2d" : "tp25d", mesh->rank_at(coords)), mesh->store());
-    if (grid_2d) {
+        fmt::format("mesh/{}/{}", grid_2d ? "tp2d" : layers ? "tp25d" : "tp3d", mesh->rank_at(coords)), mesh->store());
+    if (cube) {
+      out.grid_3d = tensor::Grid3d::create(store, mesh->comm("tp"), mesh->options());
+      sharding = tensor::tensor_parallel_3d(*out.grid_3d, config.model.vocab);
+    } else if (grid_2d) {
       out.grid = tensor::Grid2d::create(store, mesh->comm("tp"), mesh->options());
       sharding = tensor::tensor_parallel_2d(*out.grid, config.model.vocab);
     } else {

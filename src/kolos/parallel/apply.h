@@ -1,7 +1,8 @@
 // parallel::apply — the one entry that parallelises a model written as single-device code (DESIGN "Model once,
 // parallelised from outside"). It applies, in this fixed order, one slot per technique:
 //   1. tensor / sequence sharding: the model's nn::Sharding (1D tensor parallelism with Megatron-SP, 2D on a
-//      q × q grid of the tp ranks, or 2.5D on d layers of that grid; ring or Ulysses attention on the sp axis)
+//      q × q grid of the tp ranks, 2.5D on d layers of that grid, or 3D on a q × q × q cube; ring or Ulysses
+//      attention on the sp axis)
 //   2. activation checkpointing: the blocks that train.activation_checkpointing names keep only their input and are
 //      recomputed in backward (Model::set_checkpointing; "full", or "every:K": blocks 0, K, 2K, ...)
 //   3. pipeline split: this rank's stage holds and runs only its segments of the model (Model::set_segments,
@@ -21,15 +22,17 @@
 #include "kolos/parallel/data/data_parallel.h"
 #include "kolos/parallel/plan.h"
 #include "kolos/parallel/tensor/tp25d.h"
+#include "kolos/parallel/tensor/tp3d.h"
 
 namespace kolos::parallel {
 
 // What apply() built around the model; the trainer drives it.
 struct Parallelized {
-  // The grid the model's sharding computes on (at most one of the two): tp_mode "2d", the q × q grid; "2.5d", its
-  // tp_depth layers.
+  // The grid the model's sharding computes on (at most one of the three): tp_mode "2d", the q × q grid; "2.5d", its
+  // tp_depth layers; "3d", the q × q × q cube.
   std::unique_ptr<tensor::Grid2d> grid;
   std::unique_ptr<tensor::Grid25d> grid_25d;
+  std::unique_ptr<tensor::Grid3d> grid_3d;
   std::unique_ptr<DataParallel> data;    // owns the parameters, gradients and optimizer of this rank
 };
 

@@ -86,6 +86,44 @@ void check_grid(const Config& config, const Plan& plan) {
               plan.tp_mode, plan.sp, plan.pp, plan.megatron_sp, layers ? "2.5D" : "2D");
 }
 
+// 3D (tensor/tp3d.h): tp = q³ ranks on a q × q × q cube; every parameter in q³ pieces (a matrix's input features in
+// q² of them, the vectors in q³), the heads split q ways, the batch q² ways. Not composed with sp or pp yet.
+void check_cube(const Config& config, const Plan& plan) {
+  const auto& m = config.model;
+  const std::string mode = fmt::format("parallel.tp = {} with tp_mode \"3d\"", plan.tp);
+  int q = 1;
+  while (q * q * q < plan.tp) ++q;
+  KOLOS_CHECK(q * q * q == plan.tp,
+              "{}: 3D tensor parallelism needs a cube number of tp ranks (a q × q × q cube); use parallel.tp = 8, 27, "
+              "64, ...",
+              mode);
+  const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads, q3 = static_cast<int64_t>(q) * q * q;
+  KOLOS_CHECK(m.heads % q == 0, "{}: model.heads = {} must be divisible by q = {} (each rank computes whole heads)",
+              mode, m.heads, q);
+  KOLOS_CHECK(kv % q == 0,
+              "{}: the {} key/value heads (model.kv_heads) must be divisible by q = {} (each rank keeps whole "
+              "key/value heads)",
+              mode, kv, q);
+  KOLOS_CHECK(m.hidden % q3 == 0,
+              "{}: model.hidden = {} must be divisible by q³ = {} (the norm weights and biases are split into q³ "
+              "pieces)",
+              mode, m.hidden, q3);
+  // GPT-2's fc bias is split into q³ pieces; LLaMA has no biases, its ffn only the input of the down projection
+  // into q² pieces.
+  const int64_t ffn_parts = m.arch == "gpt2" ? q3 : static_cast<int64_t>(q) * q;
+  KOLOS_CHECK(m.ffn_hidden % ffn_parts == 0, "{}: model.ffn_hidden = {} must be divisible by {} ({})", mode,
+              m.ffn_hidden, ffn_parts, m.arch == "gpt2" ? "q³, the pieces of the fc bias" : "q², the pieces of the "
+              "down projection's input");
+  KOLOS_CHECK(config.train.batch_size % (q * q) == 0,
+              "{}: train.batch_size = {} must be divisible by q² = {} (the cube splits the batch q² ways)", mode,
+              config.train.batch_size, q * q);
+  KOLOS_CHECK(plan.sp == 1 && plan.pp == 1 && !plan.megatron_sp,
+              "parallel.tp_mode = \"3d\" with sp = {}, pp = {}, megatron_sp = {}: 3D tensor parallelism does not yet "
+              "compose with sequence or pipeline parallelism; use sp = 1, pp = 1, megatron_sp = false, or tp_mode "
+              "\"1d\"",
+              plan.sp, plan.pp, plan.megatron_sp);
+}
+
 }  // namespace
 
 Plan make_plan(const Config& config, int world_size) {
@@ -127,11 +165,9 @@ Plan make_plan(const Config& config, int world_size) {
   // Tensor parallelism: every split dimension must divide (the vocabulary is padded instead).
   if (plan.tp > 1) {
     const auto& m = config.model;
-    KOLOS_CHECK(plan.tp_mode != "3d",
-                "parallel.tp_mode = \"{}\": 3D tensor parallelism is not yet supported (issue 8); use \"1d\", \"2d\" "
-                "or \"2.5d\"",
-                plan.tp_mode);
-    if (plan.tp_mode == "2d" || plan.tp_mode == "2.5d") {
+    if (plan.tp_mode == "3d") {
+      check_cube(config, plan);
+    } else if (plan.tp_mode == "2d" || plan.tp_mode == "2.5d") {
       check_grid(config, plan);
     } else {
       const int64_t kv = m.kv_heads > 0 ? m.kv_heads : m.heads;

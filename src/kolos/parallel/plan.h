@@ -7,14 +7,14 @@
 //   - tensor parallelism (1d): heads, key/value heads and model.ffn_hidden divisible by tp; (2d): tp = q² a perfect
 //     square, heads and key/value heads divisible by q, model.hidden by q², ffn_hidden by q² (GPT-2, whose fc bias
 //     is in q² pieces) or q (LLaMA), train.batch_size by q, and no sp, pp or megatron_sp; (2.5d): tp = d·q² with
-//     d = parallel.tp_depth >= 1, the 2D rules on the q × q layer, and train.batch_size by d·q; megatron_sp needs
+//     d = parallel.tp_depth >= 1, the 2D rules on the q × q layer, and train.batch_size by d·q; (3d): tp = q³ a
+//     perfect cube, heads and key/value heads divisible by q, model.hidden by q³, ffn_hidden by q³ (GPT-2) or q²
+//     (LLaMA), train.batch_size by q², and no sp, pp or megatron_sp; megatron_sp needs
 //     tp > 1 and the sequence (per sp rank) divisible by tp; sp: ring needs the sequence divisible by 2·sp,
 //     ulysses by sp and the heads per tp rank by sp;
 //   - pipeline (pp > 1): the schedule's rules (pp_virtual > 1 only with "interleaved", whose train.grad_accum
 //     micro-batches must be a multiple of pp), the stage split's (model.layers >= pp · pp_virtual; pp_layers one
 //     count per virtual stage summing to model.layers), and zero <= 1;
-//   - a mode whose issue has not landed yet (tp_mode 3d) is "not yet supported" — each later issue lifts exactly
-//     its own rule;
 //   - parallel.zero > 0 needs dp > 1 to shard anything: with dp = 1 it is accepted and behaves as zero = 0.
 // The Plan is a value: every rank computes the same one from the same config and world size.
 #pragma once
@@ -37,10 +37,11 @@ struct Plan {
 
   // "dp=2, zero=1" style one-line description (axes of degree 1 left out; "1 process" when nothing is parallel).
   std::string describe() const;
-  // How the tp ranks hold the parameters (nn::TpLayout): 1D over tp, the 2D grid, or 2.5D's tp_depth layers of it.
+  // How the tp ranks hold the parameters (nn::TpLayout): 1D over tp, the 2D grid, 2.5D's tp_depth layers of it, or
+  // the 3D cube.
   nn::TpLayout tp_layout() const {
-    const bool layers = tp > 1 && tp_mode == "2.5d";
-    return nn::TpLayout(tp, tp > 1 && (tp_mode == "2d" || layers), layers ? tp_depth : 1);
+    const bool layers = tp > 1 && tp_mode == "2.5d", cube = tp > 1 && tp_mode == "3d";
+    return nn::TpLayout(tp, tp > 1 && (tp_mode == "2d" || layers || cube), layers ? tp_depth : 1, cube);
   }
 };
 

@@ -200,6 +200,16 @@ StageWork stage_work(const Config& config, const Plan& plan, int stage) {
 //               bias), LLaMA 9 (7 weights, 2 RMSNorm weights); the stem 1 (the token table; GPT-2 + the position
 //               table); the head the final norm's pieces (GPT-2 2, LLaMA 1) and the head weight (the tied table
 //               again, or lm_head): 1. Forward, one all-reduce of the layers' mean losses (in the head).
+//   tp 3D (tensor/tp3d.h, a q × q × q cube, q = ∛tp): column Linears (GPT-2: qkv, fc; LLaMA: q, k, v, gate, up)
+//               have K axis y, row Linears (the output projections) z. A Linear with K axis k and N axis n:
+//               forward an all-gather of the input along n, of the weight along x, a reduce-scatter along k;
+//               backward an all-gather of dY along k, reduce-scatters of dX along n and dW along x. A bias (GPT-2):
+//               forward all-gathers along x then k, backward reduce-scatters along k then x. A norm: its statistics
+//               all-reduced along y (LayerNorm 2, RMSNorm 1; backward 1), its vectors (stacked) gathered along x
+//               then z (reduce-scattered back). The stem: the table's all-gather along x and the look-up's
+//               reduce-scatter along z (duals in backward); GPT-2's position table as a norm's vectors. The head:
+//               the final norm, a column Linear without bias; the loss 3 all-reduces along z and one each along x
+//               and y.
 // A block under activation checkpointing (`recomputed` of them) runs its forward again in backward, with its forward
 // collectives (counted in the forward phase).
 std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, const StageWork& w,
@@ -208,7 +218,43 @@ std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(co
   std::map<std::tuple<std::string, std::string, std::string>, int64_t> want;
   const int64_t L = w.blocks, m = micro_steps, F = w.blocks + w.recomputed;  // block forwards per micro-step
   const int64_t stem = w.stem ? 1 : 0, head = w.head ? 1 : 0;
-  if (plan.tp > 1 && (plan.tp_mode == "2d" || plan.tp_mode == "2.5d")) {
+  if (plan.tp > 1 && plan.tp_mode == "3d") {
+    const int64_t col = w.gpt ? 2 : 5, row = 2, col_b = w.gpt ? col : 0, row_b = w.gpt ? row : 0;
+    const int64_t norms = 2, stats = w.gpt ? 2 : 1, wpe = w.gpt ? stem : 0;
+    auto add = [&](const char* axis, const char* op, const char* phase, int64_t n) { want[{axis, op, phase}] += n; };
+    // Blocks: forward F times, backward L times.
+    add("tp_z", "all_gather", "forward", F * (col + row_b + norms));
+    add("tp_y", "all_gather", "forward", F * (row + col_b));
+    add("tp_x", "all_gather", "forward", F * (col + row + col_b + row_b + norms));
+    add("tp_y", "reduce_scatter", "forward", F * col);
+    add("tp_z", "reduce_scatter", "forward", F * row);
+    add("tp_y", "all_reduce", "forward", F * norms * stats);
+    add("tp_y", "all_gather", "backward", L * col);
+    add("tp_z", "all_gather", "backward", L * row);
+    add("tp_z", "reduce_scatter", "backward", L * (col + row_b + norms));
+    add("tp_y", "reduce_scatter", "backward", L * (row + col_b));
+    add("tp_x", "reduce_scatter", "backward", L * (col + row + col_b + row_b + norms));
+    add("tp_y", "all_reduce", "backward", L * norms);
+    // The stem: the table (x), the look-up's scatter (z); the position table as a norm's vectors.
+    add("tp_x", "all_gather", "forward", stem + wpe);
+    add("tp_z", "all_gather", "forward", wpe);
+    add("tp_z", "reduce_scatter", "forward", stem);
+    add("tp_x", "reduce_scatter", "backward", stem + wpe);
+    add("tp_z", "reduce_scatter", "backward", wpe);
+    add("tp_z", "all_gather", "backward", stem);
+    // The head: the final norm, the head's column Linear (no bias), the loss.
+    add("tp_y", "all_reduce", "forward", head * (stats + 1));
+    add("tp_x", "all_gather", "forward", head * 2);
+    add("tp_z", "all_gather", "forward", head * 2);
+    add("tp_y", "reduce_scatter", "forward", head);
+    add("tp_z", "all_reduce", "forward", head * 3);
+    add("tp_x", "all_reduce", "forward", head);
+    add("tp_y", "all_reduce", "backward", head);
+    add("tp_z", "reduce_scatter", "backward", head * 2);
+    add("tp_x", "reduce_scatter", "backward", head * 2);
+    add("tp_y", "all_gather", "backward", head);
+    for (auto& [key, n] : want) n *= m;
+  } else if (plan.tp > 1 && (plan.tp_mode == "2d" || plan.tp_mode == "2.5d")) {
     const int64_t q = plan.tp_layout().q(), linears = w.gpt ? 4 : 7, affines = (w.gpt ? 4 : 0) + 2;
     const int64_t stats = w.gpt ? 2 : 1, wpe = w.gpt ? stem : 0;
     const int64_t in_layer = tp_coord % (q * q);  // 2.5D: the position in this rank's layer
