@@ -71,12 +71,13 @@ void check_grid(const Config& config, const Plan& plan) {
               m.ffn_hidden, ffn_parts, m.arch == "gpt2" ? "q², the pieces of the fc bias" : "q, the grid's side");
   if (layers) {
     KOLOS_CHECK(config.train.batch_size % (d * q) == 0,
-                "{}: train.batch_size = {} must be divisible by d·q = {}·{} = {} (each layer's rows hold a block of the "
-                "batch each)",
+                "{}: train.batch_size = {} must be divisible by d·q = {}·{} = {} (each layer's rows hold a block of "
+                "the batch each)",
                 mode, config.train.batch_size, d, q, d * q);
   } else {
     KOLOS_CHECK(config.train.batch_size % q == 0,
-                "{}: train.batch_size = {} must be divisible by q = {} (the grid's rows hold a block of the batch each)",
+                "{}: train.batch_size = {} must be divisible by q = {} (the grid's rows hold a block of the batch "
+                "each)",
                 mode, config.train.batch_size, q);
   }
   KOLOS_CHECK(plan.sp == 1 && plan.pp == 1 && !plan.megatron_sp,
