@@ -76,9 +76,11 @@ struct StepResult {
   int64_t tokens = 0;  // all ranks
   // Offload (memory.offload_*; DataParallel::memory_figures): this rank's bytes per tier after the step, and the
   // tier's requests and bytes moved during the step (the parameter reads of the gathers and the optimizer's
-  // streaming). `offload` false: nothing is offloaded (the fields stay 0).
+  // streaming). `offload` false: nothing is offloaded (the fields stay 0). io_wait_ms: the time the step waited
+  // for the tier, io_wait_optim_ms the part of it in the optimizer step (the rest is forward and backward).
   bool offload = false;
   int64_t mem_compute = 0, mem_host = 0, mem_nvme = 0, chunk_moves = 0, io_bytes = 0;
+  double io_wait_ms = 0, io_wait_optim_ms = 0;
   // Last micro-step's backward (for train.trace_comm).
   std::chrono::steady_clock::time_point step_start, backward_start, backward_end;
 };
