@@ -3,8 +3,26 @@
 #include <cstring>
 
 #include "kolos/core/error.h"
+#include "kolos/core/timer.h"
 
 namespace kolos::memory {
+
+namespace {
+
+// Adds the time from construction to destruction (a throw included) to `total`.
+class WaitClock {
+ public:
+  explicit WaitClock(double& total) : total_(total) {}
+  ~WaitClock() { total_ += timer_.ms(); }
+  WaitClock(const WaitClock&) = delete;
+  WaitClock& operator=(const WaitClock&) = delete;
+
+ private:
+  double& total_;
+  Timer timer_;
+};
+
+}  // namespace
 
 const char* tier_name(Tier tier) {
   switch (tier) {
@@ -87,11 +105,19 @@ AioTicket TierStore::write(const TierRegion& region, int64_t offset, const void*
 }
 
 void TierStore::wait(AioTicket ticket) {
-  if (ticket != 0 && engine_) engine_->wait(ticket);
+  if (ticket == 0 || !engine_) return;
+  if (engine_->done(ticket)) {  // arrived already: nothing waited
+    engine_->wait(ticket);
+    return;
+  }
+  WaitClock clock(wait_ms_);
+  engine_->wait(ticket);
 }
 
 void TierStore::wait_all() {
-  if (engine_) engine_->wait_all();
+  if (!engine_) return;
+  WaitClock clock(wait_ms_);
+  engine_->wait_all();
 }
 
 int64_t TierStore::bytes_moved() const {

@@ -13,7 +13,8 @@
 //
 // Figures: moves() counts requests (each read or write of a region range: the metrics' chunk_moves),
 // bytes_moved() the bytes of completed requests (the metrics' io_bytes; for nvme the AioEngine's counters),
-// allocated_bytes() the bytes of the regions (the metrics' mem_bytes of the tier).
+// allocated_bytes() the bytes of the regions (the metrics' mem_bytes of the tier), wait_ms() the time callers
+// spent blocked in wait/wait_all (what the moves did not hide behind compute; host moves never wait).
 //
 // Errors: a full disk (at allocate, where the swap file grows with fallocate, or at a write) throws InputError
 // naming the swap file (exit code 2). Thread-safety: allocate, read, write and wait may be called from one thread
@@ -87,6 +88,7 @@ class TierStore {
   int64_t moves() const { return moves_; }
   int64_t bytes_moved() const;
   int64_t allocated_bytes() const { return allocated_bytes_; }
+  double wait_ms() const { return wait_ms_; }
 
  private:
   void check(const TierRegion& region, int64_t offset, const void* buffer, int64_t bytes) const;
@@ -96,6 +98,7 @@ class TierStore {
   std::unique_ptr<SwapSpace> swap_;   // kNvme
   std::unique_ptr<AioEngine> engine_;
   int64_t moves_ = 0, host_bytes_ = 0, allocated_bytes_ = 0;
+  double wait_ms_ = 0;
 };
 
 }  // namespace kolos::memory

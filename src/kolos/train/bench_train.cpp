@@ -73,6 +73,7 @@ int bench_train_main(int argc, char** argv) {
               m.arch.c_str(), m.layers, m.hidden, m.heads, m.vocab, m.seq_len, config.train.batch_size, threads);
   std::vector<double> step_ms, fwd_bwd_ms, optim_ms;
   int64_t tokens_per_step = 0, io_bytes = 0, chunk_moves = 0, activation_bytes = 0, comm_start = 0;
+  double io_wait_ms = 0;
   StepResult last;
   for (int64_t s = 0; s < warmup + steps; ++s) {
     if (s == warmup) comm_start = trainer.comm_bytes();
@@ -83,13 +84,15 @@ int bench_train_main(int argc, char** argv) {
                   r.fwd_bwd_ms, r.optim_ms, r.loss, s < warmup ? " (warm-up)" : "");
     std::fflush(stdout);
     if (r.offload && rank0)
-      std::printf("    tier: %ld requests, %.3f GB moved, %.3f GB/s\n", r.chunk_moves, r.io_bytes / 1e9,
-                  r.io_bytes / (r.step_ms * 1e6));
+      std::printf("    tier: %ld requests, %.3f GB moved, %.3f GB/s; waited for it %.0f ms (optimizer %.0f)\n",
+                  r.chunk_moves, r.io_bytes / 1e9, r.io_bytes / (r.step_ms * 1e6), r.io_wait_ms,
+                  r.io_wait_optim_ms);
     last = r;
     if (s < warmup) continue;
     io_bytes += r.io_bytes;
     chunk_moves += r.chunk_moves;
     activation_bytes = std::max(activation_bytes, r.activation_bytes);
+    io_wait_ms += r.io_wait_ms;
     step_ms.push_back(r.step_ms);
     fwd_bwd_ms.push_back(r.fwd_bwd_ms);
     optim_ms.push_back(r.optim_ms);
@@ -117,6 +120,7 @@ int bench_train_main(int argc, char** argv) {
     for (double ms : step_ms) total_ms += ms;
     out["io_bytes"] = io_bytes;
     out["chunk_moves"] = chunk_moves;
+    out["io_wait_ms"] = io_wait_ms;
     out["io_gbps"] = total_ms > 0 ? io_bytes / (total_ms * 1e6) : 0.0;
     out["mem_bytes"] = {{"compute", last.mem_compute}, {"host", last.mem_host}, {"nvme", last.mem_nvme}};
   }

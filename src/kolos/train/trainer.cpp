@@ -269,6 +269,7 @@ StepResult Trainer::train_step(int64_t step) {
   //    Clip with the global norm of the unscaled gradients; 1/S and the clipping factor fold into the optimizer's
   //    gradient scale.
   Timer optim_timer;
+  const double wait_before_optim = dp.offloading() ? dp.memory_figures().io_wait_ms : 0.0;
   r.grad_norm = dp.grad_norm();
   if (pipe_) {  // each stage's norm covers its parameters (a tied embedding counted on one stage)
     at::Tensor sq = at::full({1}, r.grad_norm * r.grad_norm, at::kDouble);
@@ -307,6 +308,8 @@ StepResult Trainer::train_step(int64_t step) {
     r.mem_nvme = f.nvme;
     r.chunk_moves = f.moves - tier_before.moves;
     r.io_bytes = f.io_bytes - tier_before.io_bytes;
+    r.io_wait_ms = f.io_wait_ms - tier_before.io_wait_ms;
+    r.io_wait_optim_ms = f.io_wait_ms - wait_before_optim;
   }
   return r;
 }

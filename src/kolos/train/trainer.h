@@ -76,9 +76,11 @@ struct StepResult {
   int64_t tokens = 0;  // all ranks
   // Offload (memory.offload_*; DataParallel::memory_figures): this rank's bytes per tier after the step, and the
   // tier's requests and bytes moved during the step (the parameter reads of the gathers and the optimizer's
-  // streaming). `offload` false: nothing is offloaded (the fields stay 0).
+  // streaming). `offload` false: nothing is offloaded (the fields stay 0). io_wait_ms: the time the step waited
+  // for the tier, io_wait_optim_ms the part of it in the optimizer step (the rest is forward and backward).
   bool offload = false;
   int64_t mem_compute = 0, mem_host = 0, mem_nvme = 0, chunk_moves = 0, io_bytes = 0;
+  double io_wait_ms = 0, io_wait_optim_ms = 0;
   // The CPU allocator's live bytes after a micro-step's forward (the loss computed, backward not begun) less those
   // before it — the activations autograd keeps for backward, with the logits and the loss — the most over the
   // step's micro-steps; 0 unless allocations are counted (count_cpu_allocations; kolos bench train does).

@@ -206,6 +206,7 @@ DataParallel::MemoryFigures DataParallel::memory_figures() const {
     (tier_->tier() == memory::Tier::kNvme ? f.nvme : f.host) = tier_->allocated_bytes();
     f.moves = tier_->moves();
     f.io_bytes = tier_->bytes_moved();
+    f.io_wait_ms = tier_->wait_ms();
   }
   return f;
 }

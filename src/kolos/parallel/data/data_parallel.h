@@ -163,10 +163,11 @@ class DataParallel {
   // Offload figures of this rank (metrics.jsonl): bytes of parameters, gradients and optimizer state held per tier —
   // compute: the parameter and gradient buffers (ZeRO-3: the resident shards and the offloaded shards read back at
   // the moment), the optimizer's resident state and the streaming buffers; host/nvme: the tier's regions — and the
-  // tier's counters since construction (requests, bytes moved).
+  // tier's counters since construction (requests, bytes moved, milliseconds the training thread waited for it).
   struct MemoryFigures {
     int64_t compute = 0, host = 0, nvme = 0;
     int64_t moves = 0, io_bytes = 0;
+    double io_wait_ms = 0;
   };
   bool offloading() const { return tier_ != nullptr; }
   MemoryFigures memory_figures() const;
