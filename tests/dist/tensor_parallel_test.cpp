@@ -130,6 +130,17 @@ TEST(TensorParallelParity, TwoAndAHalfDimensionalGptAndLlama) {
   test::expect_layouts_ok(test::run_verify("tp=8,tp_mode=2.5d,tp_depth=2", dir / "llama", 0, llama), 1);
 }
 
+// 3D on a 2 × 2 × 2 cube (tp 8), the same tiny shapes (hidden 32 and ffn 64 divide by q³ = 8, the batch of 8 by
+// q² = 4): GPT-2 under AdamW, LLaMA under SGD, as 2.5D above; shards and 3D's op counts checked by verify.
+TEST(TensorParallelParity, ThreeDimensionalGptAndLlama) {
+  test::TempDir dir("parity_tp3d");
+  expect_parity(verify("tp=8,tp_mode=3d", dir / "gpt", kTiny25d), 1);
+  std::vector<std::string> llama = kTiny25d;
+  llama.insert(llama.end(), {"--set", "model.arch=llama", "--set", "model.kv_heads=2", "--set",
+                             "model.tie_embeddings=false", "--set", "optim.name=sgd", "--set", "optim.lr=0.1"});
+  test::expect_layouts_ok(test::run_verify("tp=8,tp_mode=3d", dir / "llama", 0, llama), 1);
+}
+
 // Checkpoints store whole tensors (depth 0's pieces unsharded): a 2.5D run stopped after 2 steps resumes on one
 // process, and a one-process run resumes under 2.5D (each layer takes the same pieces), both as the uninterrupted
 // one-process run (losses within 1e-5 at every step).
