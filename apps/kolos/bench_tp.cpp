@@ -27,11 +27,15 @@ struct Mode {
   std::string name;     // 1d, 2d, 2.5d, 3d
   int q = 1, depth = 1;  // grid side / cube edge; 2.5D depth
   std::string skipped;  // why the rank count does not allow it (empty: runs)
-  // The fraction of one process's parameters and activations each rank holds, as the algorithm has it: 1D splits
-  // the matrices (1/t) but keeps the hidden state between the blocks whole on every rank.
-  double param_share(int t) const { return name == "1d" ? 1.0 / t : name == "3d" ? 1.0 / (q * q * q) : 1.0 / (q * q); }
-  double activation_share(int t) const {
-    return name == "1d" ? 1.0 : name == "2d" ? 1.0 / t : name == "2.5d" ? 1.0 / (depth * q * q) : 1.0 / (q * q * q);
+  // The fraction of one process's parameters and activations each rank holds, as the algorithm has it. 1D splits
+  // the matrices (1/t) but keeps the hidden state between the blocks whole on every rank (and the norms, biases of
+  // row Linears and the position table), so neither of its fractions is one number: none is given (NaN).
+  double param_share() const {
+    return name == "1d" ? NAN : name == "3d" ? 1.0 / (q * q * q) : 1.0 / (q * q);
+  }
+  double activation_share() const {
+    return name == "1d" ? NAN : name == "2d" ? 1.0 / (q * q) : name == "2.5d" ? 1.0 / (depth * q * q)
+                                                                               : 1.0 / (q * q * q);
   }
 };
 
@@ -46,11 +50,11 @@ Mode plan_mode(const std::string& name, int t) {
   if (name == "2d") {
     m.q = root(2);
     if (m.q * m.q != t) m.skipped = fmt::format("{} ranks are not a square q²", t);
-  } else if (name == "2.5d") {  // the widest grid that leaves a depth of at least 2
-    for (m.q = root(2); m.q >= 1 && (t % (m.q * m.q) != 0 || t / (m.q * m.q) < 2); --m.q) {
+  } else if (name == "2.5d") {  // the widest grid (q ≥ 2: q = 1 is only data parallelism) with a depth of at least 2
+    for (m.q = root(2); m.q >= 2 && (t % (m.q * m.q) != 0 || t / (m.q * m.q) < 2); --m.q) {
     }
-    if (m.q >= 1) m.depth = t / (m.q * m.q);
-    if (m.q < 1) m.skipped = fmt::format("{} ranks are not d·q² with d ≥ 2", t);
+    if (m.q >= 2) m.depth = t / (m.q * m.q);
+    if (m.q < 2) m.skipped = fmt::format("{} ranks are not d·q² with d ≥ 2, q ≥ 2", t);
   } else if (name == "3d") {
     m.q = root(3);
     if (m.q * m.q * m.q != t) m.skipped = fmt::format("{} ranks are not a cube q³", t);
@@ -133,19 +137,22 @@ int bench_tp_main(int argc, char** argv) {
     };
     const double params = most("param_bytes"), act = most("activation_bytes"), comm = most("comm_bytes_per_step");
     const double ms = r["step_ms_median"].get<double>();
-    std::printf("| %s | %s | %.0f | %.4f (%.4f) | %.0f | %.4f (%.4f) | %.0f | %s |\n", m.name.c_str(), grid.c_str(),
-                params, params / whole_params, m.param_share(ranks), act, act / whole_act, m.activation_share(ranks),
-                comm, timed ? fmt::format("{:.1f}", ms).c_str() : "— (ranks > cores)");
+    auto share = [](double f) { return std::isnan(f) ? std::string("—") : fmt::format("{:.4f}", f); };
+    auto number = [](double f) { return std::isnan(f) ? nlohmann::json() : nlohmann::json(f); };
+    std::printf("| %s | %s | %.0f | %.4f (%s) | %.0f | %.4f (%s) | %.0f | %s |\n", m.name.c_str(), grid.c_str(),
+                params, params / whole_params, share(m.param_share()).c_str(), act, act / whole_act,
+                share(m.activation_share()).c_str(), comm,
+                timed ? fmt::format("{:.1f}", ms).c_str() : "— (ranks > cores)");
     std::fflush(stdout);
     results.push_back({{"mode", m.name},
                        {"q", m.q},
                        {"depth", m.depth},
                        {"param_bytes_per_rank", params},
                        {"param_fraction", params / whole_params},
-                       {"param_fraction_algorithm", m.param_share(ranks)},
+                       {"param_fraction_algorithm", number(m.param_share())},
                        {"activation_bytes_per_rank", act},
                        {"activation_fraction", act / whole_act},
-                       {"activation_fraction_algorithm", m.activation_share(ranks)},
+                       {"activation_fraction_algorithm", number(m.activation_share())},
                        {"comm_bytes_per_step_per_rank", comm},
                        {"step_ms", timed ? nlohmann::json(ms) : nlohmann::json()},
                        {"per_rank", pr}});

@@ -1,6 +1,7 @@
 #include "kolos/parallel/tensor/tp1d.h"
 
 #include <limits>
+#include <vector>
 
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -17,6 +18,24 @@ using torch::autograd::variable_list;
 // copy_to fused with up to three column-parallel products of the same input (q|k|v, gate|up), so backward sums
 // their input gradients, launches one all-reduce, and overlaps it with the weight gradients' products. Absent
 // products and biases travel as empty tensors (a custom function's inputs must be defined).
+// x[..., index] along the last dimension, keeping only the index for backward (at::gather keeps x itself: a second
+// copy of a rank's logits block alive until backward).
+struct PickLast : torch::autograd::Function<PickLast> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& index) {
+    ctx->save_for_backward({index});
+    ctx->saved_data["columns"] = x.size(-1);
+    return x.gather(-1, index.unsqueeze(-1)).squeeze(-1);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor index = ctx->get_saved_variables()[0].unsqueeze(-1);
+    std::vector<int64_t> shape(index.sizes().begin(), index.sizes().end());
+    shape.back() = ctx->saved_data["columns"].toInt();
+    at::Tensor grad = at::zeros(shape, grads[0].options());
+    grad.scatter_(-1, index, grads[0].unsqueeze(-1));
+    return {grad, at::Tensor()};
+  }
+};
+
 struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
   static constexpr int kMax = 3;
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w0, const at::Tensor& b0,
@@ -120,7 +139,7 @@ at::Tensor vocab_cross_entropy(at::Tensor logits, const at::Tensor& targets, int
   at::Tensor sum_exp = reduce_from(shifted.exp().sum(-1), comm);
   at::Tensor local = targets - start;
   at::Tensor mine = (local >= 0).logical_and(local < part);
-  at::Tensor picked = shifted.gather(-1, local.clamp(0, part - 1).unsqueeze(-1)).squeeze(-1) * mine;
+  at::Tensor picked = PickLast::apply(shifted, local.clamp(0, part - 1)) * mine;
   picked = reduce_from(picked, comm);
   return (sum_exp.log() - picked).mean();
 }
