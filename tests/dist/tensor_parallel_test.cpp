@@ -121,25 +121,23 @@ const std::vector<std::string> kTiny25d = {"--set", "model.layers=2",  "--set", 
                                            "--set", "model.heads=4",   "--set", "model.ffn_hidden=64",
                                            "--set", "model.seq_len=16", "--set", "train.steps=4"};
 
-TEST(TensorParallelParity, TwoAndAHalfDimensionalGptAndLlama) {
-  test::TempDir dir("parity_tp25d");
-  expect_parity(verify("tp=8,tp_mode=2.5d,tp_depth=2", dir / "gpt", kTiny25d), 1);
+// GPT-2 under AdamW and LLaMA under SGD on the tiny shapes above, through kolos verify.
+void expect_gpt_and_llama_parity(const std::string& layout, const std::string& name) {
+  test::TempDir dir(name);
+  expect_parity(verify(layout, dir / "gpt", kTiny25d), 1);
   std::vector<std::string> llama = kTiny25d;
   llama.insert(llama.end(), {"--set", "model.arch=llama", "--set", "model.kv_heads=2", "--set",
                              "model.tie_embeddings=false", "--set", "optim.name=sgd", "--set", "optim.lr=0.1"});
-  test::expect_layouts_ok(test::run_verify("tp=8,tp_mode=2.5d,tp_depth=2", dir / "llama", 0, llama), 1);
+  test::expect_layouts_ok(test::run_verify(layout, dir / "llama", 0, llama), 1);
+}
+
+TEST(TensorParallelParity, TwoAndAHalfDimensionalGptAndLlama) {
+  expect_gpt_and_llama_parity("tp=8,tp_mode=2.5d,tp_depth=2", "parity_tp25d");
 }
 
 // 3D on a 2 × 2 × 2 cube (tp 8), the same tiny shapes (hidden 32 and ffn 64 divide by q³ = 8, the batch of 8 by
 // q² = 4): GPT-2 under AdamW, LLaMA under SGD, as 2.5D above; shards and 3D's op counts checked by verify.
-TEST(TensorParallelParity, ThreeDimensionalGptAndLlama) {
-  test::TempDir dir("parity_tp3d");
-  expect_parity(verify("tp=8,tp_mode=3d", dir / "gpt", kTiny25d), 1);
-  std::vector<std::string> llama = kTiny25d;
-  llama.insert(llama.end(), {"--set", "model.arch=llama", "--set", "model.kv_heads=2", "--set",
-                             "model.tie_embeddings=false", "--set", "optim.name=sgd", "--set", "optim.lr=0.1"});
-  test::expect_layouts_ok(test::run_verify("tp=8,tp_mode=3d", dir / "llama", 0, llama), 1);
-}
+TEST(TensorParallelParity, ThreeDimensionalGptAndLlama) { expect_gpt_and_llama_parity("tp=8,tp_mode=3d", "parity_tp3d"); }
 
 // Checkpoints store whole tensors (depth 0's pieces unsharded): a 2.5D run stopped after 2 steps resumes on one
 // process, and a one-process run resumes under 2.5D (each layer takes the same pieces), both as the uninterrupted
