@@ -86,8 +86,10 @@ TEST(TensorParallel3d, ChainedLinearsMatchOneProcess) {
 //   forward   all-gather X's tokens pieces along z (N axis) into X[x, k]: |X| = (N/q)·(C/q) elements
 //             all-gather W's in pieces along x into W[n, k]:                |W| = (F/q)·(C/q)
 //             reduce-scatter the partial product along y (K axis):          |Y| = (N/q)·(F/q)
-//   backward  all-gather dY along y (|Y|), reduce-scatter dX's partial along z (|X|), dW's along x (|W|)
-// N = 16, C = 8, F = 12: |X| = 32, |W| = 24, |Y| = 48; each direction (32 + 24 + 48)·4/2 = 208 bytes.
+//   backward  all-gather dY along y (|Y|), X along z (|X|) and W along x (|W|) again (forward keeps only the
+//             rank's pieces), reduce-scatter dX's partial along z (|X|), dW's along x (|W|)
+// N = 16, C = 8, F = 12: |X| = 32, |W| = 24, |Y| = 48; forward (32 + 24 + 48)·4/2 = 208 bytes, backward
+// (2·32 + 2·24 + 48)·4/2 = 320.
 TEST(TensorParallel3d, LedgerCountsGathersAndReduceScatters) {
   const int q = 2;
   const int64_t B = 8, T = 2, C = 8, F = 12, e = 4, N = B * T;
@@ -108,9 +110,11 @@ TEST(TensorParallel3d, LedgerCountsGathersAndReduceScatters) {
     EXPECT_EQ(ledger.total_bytes(), 208) << "rank " << r << ": " << ledger.to_json().dump();
     y.sum().backward();
     EXPECT_EQ(ledger.bytes("tp_y", "all_gather", bw), (q - 1) * Y * e / q) << "rank " << r;
+    EXPECT_EQ(ledger.bytes("tp_z", "all_gather", bw), (q - 1) * X * e / q) << "rank " << r;
+    EXPECT_EQ(ledger.bytes("tp_x", "all_gather", bw), (q - 1) * W * e / q) << "rank " << r;
     EXPECT_EQ(ledger.bytes("tp_z", "reduce_scatter", bw), (q - 1) * X * e / q) << "rank " << r;
     EXPECT_EQ(ledger.bytes("tp_x", "reduce_scatter", bw), (q - 1) * W * e / q) << "rank " << r;
-    EXPECT_EQ(ledger.total_bytes(), 2 * 208) << "rank " << r << ": " << ledger.to_json().dump();
+    EXPECT_EQ(ledger.total_bytes(), 208 + 320) << "rank " << r << ": " << ledger.to_json().dump();
   });
 }
 

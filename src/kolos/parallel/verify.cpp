@@ -203,7 +203,8 @@ StageWork stage_work(const Config& config, const Plan& plan, int stage) {
 //   tp 3D (tensor/tp3d.h, a q × q × q cube, q = ∛tp): column Linears (GPT-2: qkv, fc; LLaMA: q, k, v, gate, up)
 //               have K axis y, row Linears (the output projections) z. A Linear with K axis k and N axis n:
 //               forward an all-gather of the input along n, of the weight along x, a reduce-scatter along k;
-//               backward an all-gather of dY along k, reduce-scatters of dX along n and dW along x. A bias (GPT-2):
+//               backward an all-gather of dY along k, the input's and the weight's all-gathers again,
+//               reduce-scatters of dX along n and dW along x. A bias (GPT-2):
 //               forward all-gathers along x then k, backward reduce-scatters along k then x. A norm: its statistics
 //               all-reduced along y (LayerNorm 2, RMSNorm 1; backward 1), its vectors (stacked) gathered along x
 //               then z (reduce-scattered back). The stem: the table's all-gather along x and the look-up's
@@ -229,8 +230,9 @@ std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(co
     add("tp_y", "reduce_scatter", "forward", F * col);
     add("tp_z", "reduce_scatter", "forward", F * row);
     add("tp_y", "all_reduce", "forward", F * norms * stats);
-    add("tp_y", "all_gather", "backward", L * col);
-    add("tp_z", "all_gather", "backward", L * row);
+    add("tp_y", "all_gather", "backward", L * (col + row));  // dY of column Linears, the input of row ones
+    add("tp_z", "all_gather", "backward", L * (row + col));  // dY of row Linears, the input of column ones
+    add("tp_x", "all_gather", "backward", L * (col + row));  // the weights again
     add("tp_z", "reduce_scatter", "backward", L * (col + row_b + norms));
     add("tp_y", "reduce_scatter", "backward", L * (row + col_b));
     add("tp_x", "reduce_scatter", "backward", L * (col + row + col_b + row_b + norms));
@@ -253,6 +255,8 @@ std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(co
     add("tp_z", "reduce_scatter", "backward", head * 2);
     add("tp_x", "reduce_scatter", "backward", head * 2);
     add("tp_y", "all_gather", "backward", head);
+    add("tp_z", "all_gather", "backward", head);  // the head's input and weight again
+    add("tp_x", "all_gather", "backward", head);
     for (auto& [key, n] : want) n *= m;
   } else if (plan.tp > 1 && (plan.tp_mode == "2d" || plan.tp_mode == "2.5d")) {
     const int64_t q = plan.tp_layout().q(), linears = w.gpt ? 4 : 7, affines = (w.gpt ? 4 : 0) + 2;

@@ -1,7 +1,10 @@
 #include "kolos/parallel/tensor/tp3d.h"
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 
 #include "kolos/core/error.h"
@@ -39,9 +42,70 @@ std::unique_ptr<Grid3d> Grid3d::create(const c10::intrusive_ptr<c10d::Store>& st
 }
 
 namespace {
+
+using dist::Ledger;
+using dist::Phase;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
 void check_k_axis(Grid3d::Axis k_axis) {
   KOLOS_ASSERT(k_axis == Grid3d::kY || k_axis == Grid3d::kZ, "3D Linear: the K axis must be y or z");
 }
+
+// The grid travels through an autograd context as an integer, as the Comm does in save_comm.
+Grid3d& saved_cube(AutogradContext* ctx) {
+  return *reinterpret_cast<Grid3d*>(static_cast<intptr_t>(ctx->saved_data["grid"].toInt()));
+}
+
+// The whole-line operands of a Linear: X[x, k] (tokens/q, in/q) gathered along the N axis, W[n, k] (out/q, in/q)
+// along x.
+std::pair<at::Tensor, at::Tensor> line_operands(const at::Tensor& x2, const at::Tensor& w, Grid3d::Axis n_axis,
+                                                Grid3d& grid) {
+  return {all_gather_along(x2, 0, grid.line(n_axis)), all_gather_along(w, 1, grid.line(Grid3d::kX))};
+}
+
+// Y = X·Wᵀ on the cube (tp3d.h). Backward keeps only this rank's pieces of X and W (1/q³ of each) and gathers the
+// whole-line operands again, so that a rank holds 1/q³ of every activation between forward and backward — at the
+// price of those two all-gathers once more in backward. The products run in the operands' dtype (addmm_ and mm are
+// not autocast here: under bf16 autocast the inputs arrive in bf16 from the ops before).
+struct Linear3d : torch::autograd::Function<Linear3d> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, int64_t k,
+                            Grid3d* grid) {
+    const auto k_axis = static_cast<Grid3d::Axis>(k);
+    const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
+    const at::Tensor w = weight.to(x2.scalar_type()).contiguous();
+    ctx->save_for_backward({x2, w});
+    ctx->saved_data["grid"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(grid));
+    ctx->saved_data["k"] = k;
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    Ledger::PhaseScope phase(grid->all().ledger(), Phase::kForward);
+    const auto [x_line, w_line] = line_operands(x2, w, other_axis(k_axis), *grid);
+    at::Tensor partial = at::zeros({x_line.size(0), w_line.size(0)}, x_line.options());
+    partial.addmm_(x_line, w_line.t());  // Σ over this rank's in block k: partial over k
+    const at::Tensor y = reduce_scatter_along(partial, 0, grid->line(k_axis));  // Σ over k, split by tokens
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = w.size(0);
+    return y.view(shape);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Grid3d& grid = saved_cube(ctx);
+    const auto k_axis = static_cast<Grid3d::Axis>(ctx->saved_data["k"].toInt());
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x2 = saved[0];
+    const at::Tensor& w = saved[1];
+    Ledger::PhaseScope phase(grid.all().ledger(), Phase::kBackward);
+    const at::Tensor g = grads[0].reshape({-1, grads[0].size(-1)}).to(x2.scalar_type()).contiguous();
+    const at::Tensor g_line = all_gather_along(g, 0, grid.line(k_axis));  // dY[x, n]: tokens/q × out/q
+    const auto [x_line, w_line] = line_operands(x2, w, other_axis(k_axis), grid);
+    const at::Tensor dx = reduce_scatter_along(g_line.mm(w_line), 0, grid.line(other_axis(k_axis)));
+    const at::Tensor dw = reduce_scatter_along(g_line.t().mm(x_line), 1, grid.line(Grid3d::kX));
+    std::vector<int64_t> x_shape(grads[0].sizes().begin(), grads[0].sizes().end());
+    x_shape.back() = x2.size(1);
+    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    return {dx.view(x_shape).to(grads[0].scalar_type()), dw.to(w_dtype), at::Tensor(), at::Tensor()};
+  }
+};
 
 // A residual-stream vector's piece (vector_piece_3d with kZ) → its features block y: gathered along x, then z.
 at::Tensor residual_vector(const at::Tensor& piece, Grid3d& grid) {
@@ -54,10 +118,7 @@ at::Tensor residual_vector(const at::Tensor& piece, Grid3d& grid) {
 at::Tensor linear_3d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Grid3d::Axis k_axis,
                      Grid3d& grid) {
   check_k_axis(k_axis);
-  const Grid3d::Axis n_axis = other_axis(k_axis);
-  const at::Tensor x_line = gather_rs(x, 0, grid.line(n_axis));            // X[x, k]: tokens/q × in/q
-  const at::Tensor w_line = gather_rs(weight, 1, grid.line(Grid3d::kX));   // W[n, k]: out/q × in/q
-  at::Tensor y = scatter(at::linear(x_line, w_line), 0, grid.line(k_axis));  // Σ over k, split by tokens
+  at::Tensor y = Linear3d::apply(x, weight, static_cast<int64_t>(k_axis), &grid);
   if (!bias.defined()) return y;
   return y + gather_rs(gather_rs(bias, 0, grid.line(Grid3d::kX)), 0, grid.line(k_axis));
 }

@@ -13,11 +13,13 @@
 //   forward   X[x, k] = all-gather of the tokens pieces along the N axis; W[n, k] = all-gather of the in pieces
 //             along x; the local product X[x,k]·W[n,k]ᵀ is partial over k: reduce-scatter over the K axis
 //             (summed, split by tokens) gives Y
-//   backward  dY[x, n] all-gathered along the K axis; dX's partial dY·W[n,k] reduce-scattered along the N axis;
-//             dW's partial dYᵀ·X[x,k] reduce-scattered along x
+//   backward  dY[x, n] all-gathered along the K axis; X[x, k] and W[n, k] gathered again as in forward (only the
+//             rank's own pieces are kept between forward and backward: 1/q³ of each activation per rank); dX's
+//             partial dY·W[n,k] reduce-scattered along the N axis; dW's partial dYᵀ·X[x,k] reduce-scattered along x
 // With e bytes per element and the ledger's convention (an all-gather or reduce-scatter of a whole of M bytes
-// counts (q−1)/q·M on every rank), per rank: forward (q−1)/q·(|X| + |W| + |Y|)·e, backward the same again, where
-// |X| = tokens/q·in/q, |W| = out/q·in/q and |Y| = tokens/q·out/q are the gathered (whole-line) sizes.
+// counts (q−1)/q·M on every rank), per rank: forward (q−1)/q·(|X| + |W| + |Y|)·e, backward
+// (q−1)/q·(2|X| + 2|W| + |Y|)·e, where |X| = tokens/q·in/q, |W| = out/q·in/q and |Y| = tokens/q·out/q are the
+// gathered (whole-line) sizes.
 // The bias b (out) is held as out block n, of which the piece k·q + x of q² (1/q³ per rank, as every parameter:
 // none is replicated): forward all-gathered along x, then along the K axis; backward its gradient (Σ over the
 // rank's tokens of dY) is reduce-scattered along the K axis, then along x, which together sum it over every token.
