@@ -106,14 +106,6 @@ struct AllToAll : torch::autograd::Function<AllToAll> {
 
 }  // namespace
 
-void save_comm(AutogradContext* ctx, dist::Comm& comm) {
-  ctx->saved_data["comm"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(&comm));
-}
-
-dist::Comm& saved_comm(AutogradContext* ctx) {
-  return *reinterpret_cast<dist::Comm*>(static_cast<intptr_t>(ctx->saved_data["comm"].toInt()));
-}
-
 at::Tensor slice_along(const at::Tensor& x, int64_t dim, dist::Comm& comm) {
   dim = wrap_dim(x, dim);
   const int64_t n = comm.size(), size = x.size(dim);

@@ -46,9 +46,20 @@ at::Tensor all_to_all_along(const at::Tensor& x, int64_t scatter_dim, int64_t ga
 // This rank's slice of x along dim (a copy, contiguous).
 at::Tensor slice_along(const at::Tensor& x, int64_t dim, dist::Comm& comm);
 
-// For autograd functions that communicate in backward: the Comm travels through the context as an integer
-// (AutogradContext keeps IValues only). The Comm must outlive the graph.
-void save_comm(torch::autograd::AutogradContext* ctx, dist::Comm& comm);
-dist::Comm& saved_comm(torch::autograd::AutogradContext* ctx);
+// For autograd functions that communicate in backward: an object (a Comm, a grid) travels through the context as an
+// integer under `key` (AutogradContext keeps IValues only). The object must outlive the graph.
+template <typename T>
+void save_pointer(torch::autograd::AutogradContext* ctx, const char* key, T& object) {
+  ctx->saved_data[key] = static_cast<int64_t>(reinterpret_cast<intptr_t>(&object));
+}
+template <typename T>
+T& saved_pointer(torch::autograd::AutogradContext* ctx, const char* key) {
+  return *reinterpret_cast<T*>(static_cast<intptr_t>(ctx->saved_data[key].toInt()));
+}
+// The Comm under "comm".
+inline void save_comm(torch::autograd::AutogradContext* ctx, dist::Comm& comm) { save_pointer(ctx, "comm", comm); }
+inline dist::Comm& saved_comm(torch::autograd::AutogradContext* ctx) {
+  return saved_pointer<dist::Comm>(ctx, "comm");
+}
 
 }  // namespace kolos::parallel::tensor

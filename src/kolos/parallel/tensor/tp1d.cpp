@@ -15,9 +15,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// copy_to fused with up to three column-parallel products of the same input (q|k|v, gate|up), so backward sums
-// their input gradients, launches one all-reduce, and overlaps it with the weight gradients' products. Absent
-// products and biases travel as empty tensors (a custom function's inputs must be defined).
 // x[..., index] along the last dimension, keeping only the index for backward (at::gather keeps x itself: a second
 // copy of a rank's logits block alive until backward).
 struct PickLast : torch::autograd::Function<PickLast> {
@@ -36,6 +33,9 @@ struct PickLast : torch::autograd::Function<PickLast> {
   }
 };
 
+// copy_to fused with up to three column-parallel products of the same input (q|k|v, gate|up), so backward sums
+// their input gradients, launches one all-reduce, and overlaps it with the weight gradients' products. Absent
+// products and biases travel as empty tensors (a custom function's inputs must be defined).
 struct ColumnLinear : torch::autograd::Function<ColumnLinear> {
   static constexpr int kMax = 3;
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w0, const at::Tensor& b0,

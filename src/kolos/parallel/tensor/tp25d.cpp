@@ -41,10 +41,7 @@ std::unique_ptr<Grid25d> Grid25d::create(const c10::intrusive_ptr<c10d::Store>& 
 
 namespace {
 // A parameter block held by every depth layer: identity forward, its gradient summed over the layers backward.
-at::Tensor shared_over_depth(const at::Tensor& p, Grid25d& grid) {
-  if (!p.defined() || grid.depth() == 1) return p;
-  return copy_to(p, grid.depth_group());
-}
+at::Tensor shared_over_depth(const at::Tensor& p, Grid25d& grid) { return grid.depth_view().shared(p); }
 }  // namespace
 
 at::Tensor linear_25d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Grid25d& grid) {
@@ -61,7 +58,7 @@ at::Tensor rms_norm_25d(const at::Tensor& x, const at::Tensor& weight, double ep
 }
 
 nn::Sharding tensor_parallel_25d(Grid25d& grid, int64_t vocab) {
-  return grid_sharding(grid.layer(), vocab, GridDepth{&grid.depth_group(), grid.depth_index(), grid.depth()});
+  return grid_sharding(grid.layer(), vocab, grid.depth_view());
 }
 
 at::Tensor activation_block_25d(const at::Tensor& whole, int64_t token_dim, const Grid25d& grid) {

@@ -44,6 +44,7 @@ class Grid25d {
   Grid2d& layer() const { return *layer_; }  // this rank's q × q layer
   dist::Comm& depth_group() const { return *depth_group_; }  // the d ranks of this (i, j); rank in it = k
   dist::Comm& all() const { return *all_; }  // the whole tp group
+  GridDepth depth_view() const { return {depth_group_.get(), k_, d_}; }  // this rank's place in the depth
 
  private:
   Grid25d() = default;

@@ -20,14 +20,6 @@ using dist::Phase;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The grid travels through an autograd context as an integer, as the Comm does in save_comm.
-void save_grid(AutogradContext* ctx, Grid2d& grid) {
-  ctx->saved_data["grid"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(&grid));
-}
-Grid2d& saved_grid(AutogradContext* ctx) {
-  return *reinterpret_cast<Grid2d*>(static_cast<intptr_t>(ctx->saved_data["grid"].toInt()));
-}
-
 // One SUMMA step's operand in flight: `root`'s block broadcast over `comm` into `buffer` (the root's own block on
 // the root itself).
 struct Incoming {
@@ -54,7 +46,7 @@ struct Summa : torch::autograd::Function<Summa> {
     const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
     const at::Tensor w = weight.contiguous();
     ctx->save_for_backward({x2, w});
-    save_grid(ctx, *grid);
+    save_pointer(ctx, "grid", *grid);
     std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
     out_shape.back() = w.size(0);
 
@@ -73,7 +65,7 @@ struct Summa : torch::autograd::Function<Summa> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    Grid2d& grid = saved_grid(ctx);
+    Grid2d& grid = saved_pointer<Grid2d>(ctx, "grid");
     const int q = grid.q(), i = grid.row_index(), j = grid.col_index();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& x2 = saved[0];
@@ -165,11 +157,11 @@ struct Transpose : torch::autograd::Function<Transpose> {
     return in;
   }
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, Grid2d* grid) {
-    save_grid(ctx, *grid);
+    save_pointer(ctx, "grid", *grid);
     return exchange(x, *grid, Phase::kForward);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {exchange(grads[0], saved_grid(ctx), Phase::kBackward), at::Tensor()};
+    return {exchange(grads[0], saved_pointer<Grid2d>(ctx, "grid"), Phase::kBackward), at::Tensor()};
   }
 };
 
@@ -241,6 +233,10 @@ at::Tensor rms_norm_2d(const at::Tensor& x, const at::Tensor& weight, double eps
 
 nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab) { return grid_sharding(grid, vocab, GridDepth{}); }
 
+at::Tensor GridDepth::shared(const at::Tensor& p) const {
+  return size == 1 || !p.defined() ? p : copy_to(p, *group);
+}
+
 nn::Sharding grid_sharding(Grid2d& grid, int64_t vocab, GridDepth depth) {
   KOLOS_ASSERT(depth.size >= 1 && (depth.size == 1 || depth.group), "grid_sharding: depth {} without its group",
                depth.size);
@@ -249,10 +245,7 @@ nn::Sharding grid_sharding(Grid2d& grid, int64_t vocab, GridDepth depth) {
   s.grid = true;
   s.depth = depth.size;
   Grid2d* g = &grid;
-  // A parameter piece as one use sees it: under 2.5D its gradient is summed over the depth layers.
-  auto shared = [depth](const at::Tensor& p) {
-    return depth.size == 1 || !p.defined() ? p : copy_to(p, *depth.group);
-  };
+  auto shared = [depth](const at::Tensor& p) { return depth.shared(p); };
   s.column = s.row = [g, shared](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
     return linear_2d(x, shared(w), shared(b), *g);
   };

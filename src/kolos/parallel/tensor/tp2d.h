@@ -118,6 +118,9 @@ nn::Sharding tensor_parallel_2d(Grid2d& grid, int64_t vocab);
 struct GridDepth {
   dist::Comm* group = nullptr;  // the d ranks holding the same pieces (null for 2D)
   int index = 0, size = 1;      // k, d
+  // A parameter piece (or undefined) as one use sees it: identity forward; with d > 1 its gradient summed over the
+  // depth layers backward (copy_to along `group`).
+  at::Tensor shared(const at::Tensor& p) const;
 };
 nn::Sharding grid_sharding(Grid2d& grid, int64_t vocab, GridDepth depth);
 

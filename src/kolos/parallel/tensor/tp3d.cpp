@@ -52,11 +52,6 @@ void check_k_axis(Grid3d::Axis k_axis) {
   KOLOS_ASSERT(k_axis == Grid3d::kY || k_axis == Grid3d::kZ, "3D Linear: the K axis must be y or z");
 }
 
-// The grid travels through an autograd context as an integer, as the Comm does in save_comm.
-Grid3d& saved_cube(AutogradContext* ctx) {
-  return *reinterpret_cast<Grid3d*>(static_cast<intptr_t>(ctx->saved_data["grid"].toInt()));
-}
-
 // The whole-line operands of a Linear: X[x, k] (tokens/q, in/q) gathered along the N axis, W[n, k] (out/q, in/q)
 // along x.
 std::pair<at::Tensor, at::Tensor> line_operands(const at::Tensor& x2, const at::Tensor& w, Grid3d::Axis n_axis,
@@ -66,8 +61,8 @@ std::pair<at::Tensor, at::Tensor> line_operands(const at::Tensor& x2, const at::
 
 // Y = X·Wᵀ on the cube (tp3d.h). Backward keeps only this rank's pieces of X and W (1/q³ of each) and gathers the
 // whole-line operands again, so that a rank holds 1/q³ of every activation between forward and backward — at the
-// price of those two all-gathers once more in backward. The products run in the operands' dtype (addmm_ and mm are
-// not autocast here: under bf16 autocast the inputs arrive in bf16 from the ops before).
+// price of those two all-gathers once more in backward. The products run in the input's dtype (addmm_ and mm are
+// not autocast: under bf16 autocast a 3D Linear on the fp32 residual stream computes in fp32).
 struct Linear3d : torch::autograd::Function<Linear3d> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, int64_t k,
                             Grid3d* grid) {
@@ -75,7 +70,7 @@ struct Linear3d : torch::autograd::Function<Linear3d> {
     const at::Tensor x2 = x.reshape({-1, x.size(-1)}).contiguous();
     const at::Tensor w = weight.to(x2.scalar_type()).contiguous();
     ctx->save_for_backward({x2, w});
-    ctx->saved_data["grid"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(grid));
+    save_pointer(ctx, "grid", *grid);
     ctx->saved_data["k"] = k;
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
     Ledger::PhaseScope phase(grid->all().ledger(), Phase::kForward);
@@ -89,7 +84,7 @@ struct Linear3d : torch::autograd::Function<Linear3d> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    Grid3d& grid = saved_cube(ctx);
+    Grid3d& grid = saved_pointer<Grid3d>(ctx, "grid");
     const auto k_axis = static_cast<Grid3d::Axis>(ctx->saved_data["k"].toInt());
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& x2 = saved[0];
