@@ -11,9 +11,10 @@
 #      lr is the one with the lowest validation loss; its best loss is the target and the step where it reached it
 #      is the baseline's step count.
 #   2. LAMB (configs/lamb.toml) and LARS (configs/lars.toml), both at 8× the batch (train.global_batch = 64), with
-#      their schedules fitted to a quarter of the baseline's steps (train.steps = ⌈baseline/4⌉, warmup a tenth of
-#      that), evaluated every ⌈steps/20⌉ steps on the same validation batches and stopped at the target
-#      (train.target_val_loss). LAMB's lr is the best AdamW lr × √8 (the square-root scaling of You et al. 2019);
+#      their schedules fitted to BUDGET × the baseline's steps (default 0.25, the goal: train.steps =
+#      ⌈BUDGET·baseline⌉, warmup a tenth of that), evaluated every ⌈steps/20⌉ steps (at most EVAL_EVERY) on the same
+#      validation batches and stopped at the target (train.target_val_loss). BUDGET = 1 measures how many steps
+#      each needs when a quarter is not enough. LAMB's lr is the best AdamW lr × √8 (the square-root scaling of You et al. 2019);
 #      LARS keeps its recipe's lr (8.0 with trust coefficient 0.001: an Adam lr does not carry over to LARS's
 #      layer-wise rate). LAMB_LR and LARS_LR override them.
 #   3. Output: a markdown table and a PNG plot (validation loss against optimizer steps and against tokens) at
@@ -34,10 +35,11 @@ MAX_STEPS=${MAX_STEPS:-5000}
 EVAL_EVERY=${EVAL_EVERY:-50}
 EVAL_BATCHES=${EVAL_BATCHES:-16}
 DTYPE=${DTYPE:-bf16}
+BUDGET=${BUDGET:-0.25}
 PLOT=${PLOT:-bench/results/$(date +%F)-large-batch.png}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$WORK"
-export KOLOS LRS MAX_STEPS EVAL_EVERY EVAL_BATCHES DTYPE PLOT WORK LAMB_LR=${LAMB_LR:-} LARS_LR=${LARS_LR:-}
+export KOLOS LRS MAX_STEPS EVAL_EVERY EVAL_BATCHES DTYPE BUDGET PLOT WORK LAMB_LR=${LAMB_LR:-} LARS_LR=${LARS_LR:-}
 
 if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
   echo "installing python3-matplotlib for the plot" >&2
@@ -90,9 +92,10 @@ for lr in os.environ["LRS"].split():
 base = min(baselines, key=lambda r: r["best"])
 target, base_steps = base["best"], base["best_step"]
 
-# 2. Large batch, a quarter of the baseline's steps.
-steps = math.ceil(base_steps / 4)
-every = max(1, math.ceil(steps / 20))
+# 2. Large batch, BUDGET × the baseline's steps.
+budget = float(os.environ["BUDGET"])
+steps = math.ceil(base_steps * budget)
+every = max(1, min(eval_every, math.ceil(steps / 20)))
 large = []
 for name, recipe, lr in (("lamb", "lamb", os.environ["LAMB_LR"] or f"{base['lr'] * math.sqrt(8):.6g}"),
                          ("lars", "lars", os.environ["LARS_LR"] or "8.0")):
@@ -116,7 +119,7 @@ for r in baselines:
           f"{r['best']:.4f} ({r['best_step']}) |")
 for r in large:
     got = r["reached_step"]
-    ratio = f"{got / base_steps:.3f}" if got else f"not within {steps} (= 1/4)"
+    ratio = f"{got / base_steps:.3f}" if got else f"not within {steps} (= {budget:g} ×)"
     print(f"| {r['name'].upper()} | 64 | {r['lr']:g} | {got if got else '—'} | {ratio} | {r['best']:.4f} ({r['best_step']}) |")
 
 plot = os.environ["PLOT"]
@@ -148,7 +151,7 @@ except ImportError:
     plot = None
 
 out = {"bench": "large_batch", "dtype": dtype, "baseline_lr": base["lr"], "baseline_best_val_loss": round(target, 5),
-       "baseline_steps": base_steps, "budget_steps": steps, "plot": plot}
+       "baseline_steps": base_steps, "budget": budget, "budget_steps": steps, "plot": plot}
 for r in baselines:
     out[f"adamw_lr{r['lr']:g}_best"] = round(r["best"], 5)
     out[f"adamw_lr{r['lr']:g}_best_step"] = r["best_step"]
@@ -157,6 +160,6 @@ for r in large:
     out[f"{r['name']}_steps_to_target"] = r["reached_step"]
     out[f"{r['name']}_ratio"] = round(r["reached_step"] / base_steps, 4) if r["reached_step"] else None
     out[f"{r['name']}_best"] = round(r["best"], 5)
-out["goal_met"] = all(r["reached_step"] is not None for r in large)
+out["goal_met"] = all(r["reached_step"] is not None and r["reached_step"] <= base_steps / 4 for r in large)
 print(json.dumps(out))
 PY

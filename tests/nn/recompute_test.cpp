@@ -64,18 +64,20 @@ TEST(Recompute, InputWithoutGradStillReachesParameters) {
   EXPECT_TRUE(at::equal(w.grad(), want));
 }
 
+// A post-hook on a gradient accumulator that counts its calls.
+struct Count : torch::autograd::FunctionPostHook {
+  explicit Count(int* n) : n(n) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& out,
+                                            const torch::autograd::variable_list&) override {
+    ++*n;
+    return out;
+  }
+  int* n;
+};
+
 TEST(Recompute, ParameterHooksFireOncePerBackward) {
   // DataParallel counts gradients through post-hooks on each parameter's AccumulateGrad node: with one parameter
   // per recomputed block (as in the models), each fires once per micro-step, as without recomputation.
-  struct Count : torch::autograd::FunctionPostHook {
-    explicit Count(int* n) : n(n) {}
-    torch::autograd::variable_list operator()(const torch::autograd::variable_list& out,
-                                              const torch::autograd::variable_list&) override {
-      ++*n;
-      return out;
-    }
-    int* n;
-  };
   at::Tensor w1 = at::randn({8, 8}).requires_grad_(true), w2 = at::randn({8, 8}).requires_grad_(true);
   int fired1 = 0, fired2 = 0;
   auto acc1 = torch::autograd::impl::grad_accumulator(w1), acc2 = torch::autograd::impl::grad_accumulator(w2);
@@ -127,6 +129,41 @@ TEST(Recompute, InPlaceChangeOfTheInputIsCaught) {
   at::Tensor y = nn::recompute([w](const at::Tensor& in) { return toy_block(w, in); }, x);
   x.add_(1);
   EXPECT_THROW(y.sum().backward(), std::exception);
+}
+
+TEST(Recompute, SharedParameterAsInputAccumulatesOnce) {
+  // A tied table used by the embedding and by the recomputed head: captured inside the function, its accumulator
+  // would run twice per backward (the recomputation's backward, then the rest), and data parallelism would take the
+  // first, partial gradient as final. Passed as an input of recompute_many, it runs once, with the sum.
+  at::Tensor w = at::randn({8, 8}).requires_grad_(true);
+  at::Tensor x0 = at::randn({4, 8});
+  int fired = 0;
+  auto accumulator = torch::autograd::impl::grad_accumulator(w);  // a weak reference in w: keep it alive
+  accumulator->add_post_hook(std::make_unique<Count>(&fired));
+  auto head = [](const at::Tensor& h, const at::Tensor& table) {
+    return at::tanh(at::matmul(h, table.t())).pow(2).sum();
+  };
+  auto run = [&](int how) {  // 0 plain, 1 captured, 2 as an input
+    w.mutable_grad() = at::Tensor();
+    fired = 0;
+    at::Tensor x = x0.clone().requires_grad_(true);
+    at::Tensor h = at::matmul(x, w);  // the "embedding" use
+    at::Tensor loss;
+    if (how == 0) loss = head(h, w);
+    if (how == 1) loss = nn::recompute([w, head](const at::Tensor& in) { return head(in, w); }, h);
+    if (how == 2)
+      loss = nn::recompute_many([head](const std::vector<at::Tensor>& in) { return head(in[0], in[1]); }, {h, w});
+    loss.backward();
+    return std::make_pair(w.grad().clone(), x.grad().clone());
+  };
+  const auto plain = run(0);
+  EXPECT_EQ(fired, 1);
+  run(1);
+  EXPECT_EQ(fired, 2);  // the hazard
+  const auto input = run(2);
+  EXPECT_EQ(fired, 1);
+  EXPECT_LT(test::rel_diff(input.first, plain.first), 1e-6);
+  EXPECT_LT(test::rel_diff(input.second, plain.second), 1e-6);
 }
 
 // --- models: one forward and backward with checkpointed blocks ---

@@ -90,8 +90,20 @@ at::Tensor Model::final_logits(const at::Tensor& x) const { return head(final_no
 
 at::Tensor Model::final_loss(const at::Tensor& x, const at::Tensor& targets) const {
   if (sharding_.cross_entropy) {  // tensor parallelism: this rank's slice of the vocabulary
-    at::Tensor logits = final_logits(x);
-    return sharding_.cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+    const at::Tensor t = targets.reshape({-1});
+    auto loss_of = [this, t](const at::Tensor& h, const at::Tensor& weight) {
+      at::Tensor logits = head(final_norm(h), weight);
+      return sharding_.cross_entropy(logits.reshape({-1, logits.size(-1)}), t);
+    };
+    // The grid modes (2D, 2.5D, 3D) hold 1/q² or less of every activation, and a block of logits kept for the
+    // cross-entropy's backward would outweigh several blocks' worth (one process's fused head and loss keeps none):
+    // they recompute the final norm, the head and the loss in backward instead — their forward collectives run
+    // twice. The head weight enters as an input of the recomputation, so a tied table's gradient is summed with the
+    // embedding's before its accumulator runs (nn::recompute_many).
+    if (sharding_.grid && training_ && at::GradMode::is_enabled())
+      return nn::recompute_many([loss_of](const std::vector<at::Tensor>& in) { return loss_of(in[0], in[1]); },
+                                {x, head_weight()});
+    return loss_of(x, head_weight());
   }
   KOLOS_ASSERT(!sharding_.head, "a sharded output head without its vocab-parallel cross-entropy");
   at::Tensor h = final_norm(x);

@@ -1,6 +1,7 @@
 #include "kolos/nn/recompute.h"
 
 #include <mutex>
+#include <vector>
 #include <string>
 #include <utility>
 
@@ -81,75 +82,88 @@ class AutocastScope {
   NoAutocastCache no_cache_;
 };
 
-// The graph node of y = recompute(fn, x): one input edge (x's, invalid when x does not require grad).
+// The graph node of y = recompute_many(fn, inputs): one edge per input (invalid for one that does not require
+// grad).
 class RecomputeBackward : public torch::autograd::Node {
  public:
-  RecomputeBackward(TensorFn fn, at::Tensor input, at::Tensor rng_state, AutocastState autocast)
-      : fn_(std::move(fn)),
-        input_(std::move(input)),
-        input_version_(input_._version()),
-        rng_state_(std::move(rng_state)),
-        autocast_(autocast) {}
+  RecomputeBackward(TensorsFn fn, std::vector<at::Tensor> inputs, at::Tensor rng_state, AutocastState autocast)
+      : fn_(std::move(fn)), inputs_(std::move(inputs)), rng_state_(std::move(rng_state)), autocast_(autocast) {
+    for (const auto& x : inputs_) versions_.push_back(x._version());
+  }
 
   std::string name() const override { return "kolos::nn::RecomputeBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     KOLOS_ASSERT(fn_, "recompute: backward through a graph whose saved input was already freed (retain_graph)");
     KOLOS_ASSERT(!at::GradMode::is_enabled(), "recompute: backward with create_graph is not supported");
-    KOLOS_ASSERT(input_._version() == input_version_,
-                 "recompute: the block input was modified in place between forward and backward");
-    if (!grads[0].defined()) return {at::Tensor()};
-    const bool input_grad = next_edge(0).is_valid();
-    at::Tensor input = input_.detach();
-    if (input_grad) input.requires_grad_(true);
+    const size_t n = inputs_.size();
+    for (size_t i = 0; i < n; ++i)
+      KOLOS_ASSERT(inputs_[i]._version() == versions_[i],
+                   "recompute: input {} was modified in place between forward and backward", i);
+    if (!grads[0].defined()) return variable_list(n);
+    std::vector<at::Tensor> inputs;
+    for (size_t i = 0; i < n; ++i) {
+      inputs.push_back(inputs_[i].detach());
+      if (next_edge(i).is_valid()) inputs.back().requires_grad_(true);
+    }
     at::Tensor output;
     {
       RngScope rng(rng_state_);
       AutocastScope autocast(autocast_);
       at::AutoGradMode grad_on(true);
-      output = fn_(input);
+      output = fn_(inputs);
     }
     // Re-entrant backward (the engine runs it on this thread): the parameters' AccumulateGrad nodes, with their
     // hooks, run here, once, as they would have in the outer backward.
     if (output.requires_grad()) torch::autograd::backward({output}, {grads[0]}, /*retain_graph=*/false);
-    return {input_grad ? input.grad() : at::Tensor()};
+    variable_list out(n);
+    for (size_t i = 0; i < n; ++i)
+      if (next_edge(i).is_valid()) out[i] = inputs[i].grad();
+    return out;
   }
 
   void release_variables() override {
     fn_ = nullptr;
-    input_.reset();
+    inputs_.clear();
     rng_state_.reset();
   }
 
  private:
-  TensorFn fn_;
-  at::Tensor input_;  // x detached: same storage and version counter
-  uint32_t input_version_;
+  TensorsFn fn_;
+  std::vector<at::Tensor> inputs_;  // detached: same storage and version counter
+  std::vector<uint32_t> versions_;
   at::Tensor rng_state_;
   AutocastState autocast_;
 };
 
 }  // namespace
 
-at::Tensor recompute(TensorFn fn, const at::Tensor& x) {
+at::Tensor recompute_many(TensorsFn fn, const std::vector<at::Tensor>& inputs) {
   KOLOS_ASSERT(at::GradMode::is_enabled(), "recompute with grad mode off: call the function itself");
-  at::Tensor input = x.detach();
+  std::vector<at::Tensor> detached;
+  for (const auto& x : inputs) detached.push_back(x.detach());
   at::Tensor state = rng_state();
   const AutocastState autocast;
   at::Tensor output;
   {
     NoAutocastCache no_cache;
     at::NoGradGuard no_grad;
-    output = fn(input);
+    output = fn(detached);
   }
-  // The input itself (saved below) or a view of it must not receive a gradient edge.
-  if (output.is_view() || output.is_same(input)) output = output.clone();
+  // An input itself (saved below) or a view of it must not receive a gradient edge.
+  bool alias = output.is_view();
+  for (const auto& x : detached) alias = alias || output.is_same(x);
+  if (alias) output = output.clone();
   auto node = std::shared_ptr<RecomputeBackward>(
-      new RecomputeBackward(std::move(fn), std::move(input), std::move(state), autocast),
+      new RecomputeBackward(std::move(fn), std::move(detached), std::move(state), autocast),
       torch::autograd::deleteNode);
-  node->set_next_edges(torch::autograd::collect_next_edges(x));
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   torch::autograd::set_history(output, node);
   return output;
+}
+
+at::Tensor recompute(TensorFn fn, const at::Tensor& x) {
+  return recompute_many([fn = std::move(fn)](const std::vector<at::Tensor>& in) { return fn(in[0]); }, {x});
 }
 
 }  // namespace kolos::nn

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <functional>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -32,5 +33,13 @@ using TensorFn = std::function<at::Tensor(const at::Tensor&)>;
 
 // y = fn(x), recomputed in backward. fn is kept (by value) until the backward has run or the graph is freed.
 at::Tensor recompute(TensorFn fn, const at::Tensor& x);
+
+// y = fn(inputs), recomputed in backward, each input getting its gradient through an edge of y's graph node. Pass a
+// parameter that the rest of the graph uses too (a tied embedding under the recomputed head) as an input rather
+// than using it inside fn: the outer backward then sums both parts of its gradient before its AccumulateGrad node
+// runs — once, so a post-hook that takes the first call as "this gradient is final" (data parallelism's bucket
+// readiness) sees the whole gradient. The contract above holds for every input.
+using TensorsFn = std::function<at::Tensor(const std::vector<at::Tensor>&)>;
+at::Tensor recompute_many(TensorsFn fn, const std::vector<at::Tensor>& inputs);
 
 }  // namespace kolos::nn

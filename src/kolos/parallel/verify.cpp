@@ -212,13 +212,16 @@ StageWork stage_work(const Config& config, const Plan& plan, int stage) {
 //               the final norm, a column Linear without bias; the loss 3 all-reduces along z and one each along x
 //               and y.
 // A block under activation checkpointing (`recomputed` of them) runs its forward again in backward, with its forward
-// collectives (counted in the forward phase).
+// collectives (counted in the forward phase). So does the head (final norm, head product and loss) in the grid modes
+// (2D, 2.5D, 3D: Model::final_loss recomputes it rather than keep its block of logits): its forward collectives
+// count twice (`head_fwd`).
 std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(const Plan& plan, const StageWork& w,
                                                                              int64_t micro_steps, int64_t steps,
                                                                              int tp_coord) {
   std::map<std::tuple<std::string, std::string, std::string>, int64_t> want;
   const int64_t L = w.blocks, m = micro_steps, F = w.blocks + w.recomputed;  // block forwards per micro-step
   const int64_t stem = w.stem ? 1 : 0, head = w.head ? 1 : 0;
+  const int64_t head_fwd = plan.tp_layout().grid ? 2 * head : head;
   if (plan.tp > 1 && plan.tp_mode == "3d") {
     const int64_t col = w.gpt ? 2 : 5, row = 2, col_b = w.gpt ? col : 0, row_b = w.gpt ? row : 0;
     const int64_t norms = 2, stats = w.gpt ? 2 : 1, wpe = w.gpt ? stem : 0;
@@ -245,12 +248,12 @@ std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(co
     add("tp_z", "reduce_scatter", "backward", wpe);
     add("tp_z", "all_gather", "backward", stem);
     // The head: the final norm, the head's column Linear (no bias), the loss.
-    add("tp_y", "all_reduce", "forward", head * (stats + 1));
-    add("tp_x", "all_gather", "forward", head * 2);
-    add("tp_z", "all_gather", "forward", head * 2);
-    add("tp_y", "reduce_scatter", "forward", head);
-    add("tp_z", "all_reduce", "forward", head * 3);
-    add("tp_x", "all_reduce", "forward", head);
+    add("tp_y", "all_reduce", "forward", head_fwd * (stats + 1));
+    add("tp_x", "all_gather", "forward", head_fwd * 2);
+    add("tp_z", "all_gather", "forward", head_fwd * 2);
+    add("tp_y", "reduce_scatter", "forward", head_fwd);
+    add("tp_z", "all_reduce", "forward", head_fwd * 3);
+    add("tp_x", "all_reduce", "forward", head_fwd);
     add("tp_y", "all_reduce", "backward", head);
     add("tp_z", "reduce_scatter", "backward", head * 2);
     add("tp_x", "reduce_scatter", "backward", head * 2);
@@ -267,18 +270,18 @@ std::map<std::tuple<std::string, std::string, std::string>, int64_t> axis_ops(co
       const int64_t block_pieces = w.gpt ? 12 : 9, final_norm = w.gpt ? 2 : 1;
       want[{"tp_depth", "all_reduce", "backward"}] =
           m * (block_pieces * L + (1 + wpe) * stem + (final_norm + 1) * head);
-      want[{"tp_depth", "all_reduce", "forward"}] = m * head;
+      want[{"tp_depth", "all_reduce", "forward"}] = m * head_fwd;
     }
     for (const char* axis : {"tp_row", "tp_col"}) {
-      want[{axis, "broadcast", "forward"}] = m * q * (linears * F + head);
+      want[{axis, "broadcast", "forward"}] = m * q * (linears * F + head_fwd);
       want[{axis, "broadcast", "backward"}] = m * q * (linears * L + head);
       want[{axis, "reduce", "backward"}] = m * q * (linears * L + head);
     }
-    want[{"tp_col", "all_gather", "forward"}] = m * (affines * F + wpe + head);
+    want[{"tp_col", "all_gather", "forward"}] = m * (affines * F + wpe + head_fwd);
     want[{"tp_col", "reduce_scatter", "backward"}] = m * (affines * L + wpe + head);
-    want[{"tp_row", "all_reduce", "forward"}] = m * (2 * stats * F + (stats + 3) * head);
+    want[{"tp_row", "all_reduce", "forward"}] = m * (2 * stats * F + (stats + 3) * head_fwd);
     want[{"tp_row", "all_reduce", "backward"}] = m * (2 * L + head);
-    want[{"tp_col", "all_reduce", "forward"}] = m * head;
+    want[{"tp_col", "all_reduce", "forward"}] = m * head_fwd;
     want[{"tp_row", "reduce_scatter", "forward"}] = m * stem;
     want[{"tp_row", "all_gather", "backward"}] = m * stem;
     for (const char* phase : {"forward", "backward"}) {

@@ -33,6 +33,28 @@ struct PickLast : torch::autograd::Function<PickLast> {
   }
 };
 
+// Rows of `table` picked by `index` (any shape) → (index's shape, C), zero where `mine` is false. Keeps only the
+// index and the mask for backward: at::embedding keeps its weight alive until backward, which under 3D is a table
+// block gathered for the look-up (as large as the layer's activations at this model size).
+struct PickRows : torch::autograd::Function<PickRows> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& table, const at::Tensor& index,
+                            const at::Tensor& mine) {
+    ctx->save_for_backward({index, mine});
+    ctx->saved_data["rows"] = table.size(0);
+    std::vector<int64_t> shape(index.sizes().begin(), index.sizes().end());
+    shape.push_back(table.size(1));
+    return table.index_select(0, index.reshape(-1)).mul_(mine.reshape({-1, 1})).view(shape);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t C = grads[0].size(-1);
+    const at::Tensor g = grads[0].reshape({-1, C}) * saved[1].reshape({-1, 1});
+    at::Tensor grad = at::zeros({ctx->saved_data["rows"].toInt(), C}, g.options());
+    grad.index_add_(0, saved[0].reshape(-1), g);
+    return {grad, at::Tensor(), at::Tensor()};
+  }
+};
+
 // copy_to fused with up to three column-parallel products of the same input (q|k|v, gate|up), so backward sums
 // their input gradients, launches one all-reduce, and overlaps it with the weight gradients' products. Absent
 // products and biases travel as empty tensors (a custom function's inputs must be defined).
@@ -148,7 +170,7 @@ at::Tensor vocab_rows(const at::Tensor& weight, const at::Tensor& ids, int64_t s
   const int64_t part = weight.size(0);
   at::Tensor local = ids - start;
   at::Tensor mine = (local >= 0).logical_and(local < part);
-  return at::embedding(weight, local.clamp(0, part - 1)) * mine.unsqueeze(-1);
+  return PickRows::apply(weight, local.clamp(0, part - 1), mine);
 }
 
 nn::Sharding tensor_parallel_1d(dist::Comm& tp, int64_t vocab, bool sequence_parallel) {

@@ -33,7 +33,8 @@ nn::Sharding tensor_parallel_1d(dist::Comm& tp, int64_t vocab, bool sequence_par
 //   vocab_cross_entropy: the mean cross-entropy of this rank's tokens from logits (N, V/n) of `comm`'s rank r's
 //   slice [r·V/n, (r+1)·V/n) of the vocabulary (the columns past `vocab` are padding, masked) against targets (N).
 //   vocab_rows: the embedding rows of `ids` (B, T) that lie in `weight`'s rows [start, start + weight.size(0)), zeros
-//   for the others: (B, T, C), summed over the ranks that hold the other rows.
+//   for the others: (B, T, C), summed over the ranks that hold the other rows. Keeps only the ids for backward
+//   (not `weight`, which may be a gathered block).
 at::Tensor vocab_cross_entropy(at::Tensor logits, const at::Tensor& targets, int64_t vocab, dist::Comm& comm);
 at::Tensor vocab_rows(const at::Tensor& weight, const at::Tensor& ids, int64_t start);
 
