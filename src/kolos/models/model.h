@@ -104,7 +104,8 @@ class Model {
   // Mean cross-entropy of the next-token predictions against targets (B, T) (a target of -100 is not counted).
   // The same forward, without the whole logits: on one tensor-parallel rank the head and the loss are one
   // token-chunked function (nn::head_cross_entropy; its memory is a chunk of logits, not B·T·V); under tensor
-  // parallelism the vocab-parallel cross-entropy of this rank's logits.
+  // parallelism the vocab-parallel cross-entropy of this rank's logits (recomputed in backward in the grid modes,
+  // 2D/2.5D/3D, so that no block of logits is kept).
   at::Tensor loss(const at::Tensor& ids, const at::Tensor& targets);
 
  protected:
