@@ -13,9 +13,9 @@
 #   2. LAMB (configs/lamb.toml) and LARS (configs/lars.toml), both at 8× the batch (train.global_batch = 64), with
 #      their schedules fitted to BUDGET × the baseline's steps (default 0.25, the goal: train.steps =
 #      ⌈BUDGET·baseline⌉, warmup a tenth of that), evaluated every ⌈steps/20⌉ steps (at most EVAL_EVERY) on the same
-#      validation batches and stopped at the target (train.target_val_loss). BUDGET = 1 measures how many steps
-#      each needs when a quarter is not enough. LAMB's lr is the best AdamW lr × √8 (the square-root scaling of You et al. 2019);
-#      LARS keeps its recipe's lr (8.0 with trust coefficient 0.001: an Adam lr does not carry over to LARS's
+#      validation batches and stopped at the target (train.target_val_loss). A larger BUDGET measures how many
+#      steps each needs when a quarter is not enough. LAMB's lr is the best AdamW lr × √8 (the square-root scaling
+#      of You et al. 2019); LARS keeps its recipe's lr (8.0 with trust coefficient 0.001: an Adam lr does not carry over to LARS's
 #      layer-wise rate). LAMB_LR and LARS_LR override them.
 #   3. Output: a markdown table and a PNG plot (validation loss against optimizer steps and against tokens) at
 #      PLOT (default bench/results/<date>-large-batch.png; needs Debian's python3-matplotlib, installed with apt-get

@@ -1,9 +1,9 @@
 #include "kolos/nn/recompute.h"
 
 #include <mutex>
-#include <vector>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
