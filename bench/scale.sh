@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Scale under a memory budget (issue 4): the largest GPT that one process trains within BUDGET (default 2 GiB) of
-# peak RSS without offload, against a ≥ 1.5B-parameter GPT trained under memory.budget = BUDGET with static
-# placement and the NVMe tier.
+# peak RSS without offload, against a ≥ 1.5B-parameter GPT trained under memory.budget = BUDGET on the NVMe tier with
+# static placement and with auto placement.
 #
-#   bench/scale.sh [plain|io|large|all]     (default all; build/kolos must exist)
+#   bench/scale.sh [plain|io|large|auto|all]     (default all; build/kolos must exist)
 #
 # Environment: KOLOS (build/kolos), NVME_DIR (the tier's directory, default /work/kolos-scale-nvme: on the disk
 # under test, not a tmpfs), BUDGET (2GiB), VOCAB (261: byte tokens), LARGE_LAYERS × LARGE_HIDDEN with LARGE_HEADS
-# (50 × 1600, 25: 1.54B parameters at VOCAB 261; 48 × 1600 is GPT-2 XL's 1.56B at VOCAB 50257), STEPS (3),
+# (65 × 1600, 25: 2.00B parameters at VOCAB 261, 20× the plain figure's 99.6M; 48 × 1600 is GPT-2 XL's 1.56B at
+# VOCAB 50257), STEPS (3),
 # PLAIN_START (1: the first plain depth tried), LOG_DIR (where the runs' outputs are kept; default: a temporary
 # directory, removed).
 #
@@ -23,6 +24,8 @@
 #           offload_param_frac = 1, offload_grads = true, offload_optim_frac = 1 on nvme under NVME_DIR,
 #           activation checkpointing "full", memory.budget = BUDGET. Reports peak RSS against the budget, each
 #           step's time, the tier's bytes and its bandwidth (bytes ÷ wall time of the STEPS steps) against bench io.
+# 4. auto   the same model and budget with memory.placement = "auto" (every shard's home on nvme, a shard cache sized
+#           after the first step from the budget and that step's peak RSS): peak RSS, tier bytes against large's.
 # The last line is one JSON object with every figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +33,7 @@ KOLOS=${KOLOS:-build/kolos}
 NVME_DIR=${NVME_DIR:-/work/kolos-scale-nvme}
 BUDGET=${BUDGET:-2GiB}
 VOCAB=${VOCAB:-261}
-LARGE_LAYERS=${LARGE_LAYERS:-50}
+LARGE_LAYERS=${LARGE_LAYERS:-65}
 LARGE_HIDDEN=${LARGE_HIDDEN:-1600}
 LARGE_HEADS=${LARGE_HEADS:-25}
 STEPS=${STEPS:-3}
@@ -98,12 +101,23 @@ if [[ $what == all || $what == large ]]; then
   grep -E "step|tier" "$tmp/large.log" >&2 || true
 fi
 
-/usr/bin/python3 - "$plain_json" "$io_json" "$large_json" "$BUDGET" <<'EOF'
+auto_json='{}'
+if [[ $what == all || $what == auto ]]; then
+  auto_json=$(bench "$tmp/auto.log" --set model.layers="$LARGE_LAYERS" --set model.hidden="$LARGE_HIDDEN" \
+    --set model.heads="$LARGE_HEADS" --set parallel.zero=3 --set train.activation_checkpointing=full \
+    --set memory.placement=auto --set memory.budget="$BUDGET" --set memory.offload_tier=nvme \
+    --set memory.nvme_path="$NVME_DIR")
+  grep -E "step|tier" "$tmp/auto.log" >&2 || true
+fi
+
+/usr/bin/python3 - "$plain_json" "$io_json" "$large_json" "$BUDGET" "$auto_json" <<'EOF'
 import json, sys
 plain, io, large, budget = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
-out = {"budget": budget, "plain": plain, "io": io, "large": {k: large.get(k) for k in (
-    "params", "peak_rss_mb", "memory_budget_mb", "within_budget", "step_ms", "io_bytes", "chunk_moves", "io_gbps",
-    "mem_bytes", "tokens_per_s", "mfu", "threads")} if large else {}}
+auto = json.loads(sys.argv[5])
+keys = ("params", "peak_rss_mb", "memory_budget_mb", "within_budget", "step_ms", "io_bytes", "chunk_moves", "io_gbps",
+        "mem_bytes", "tokens_per_s", "mfu", "threads")
+out = {"budget": budget, "plain": plain, "io": io, "large": {k: large.get(k) for k in keys} if large else {},
+       "auto": {k: auto.get(k) for k in keys} if auto else {}}
 def gbps(d, *keys):
     for k in keys:
         if k in d: return float(d[k])
@@ -116,11 +130,13 @@ if plain:
     if "next" in plain:
         n = plain["next"]
         rows.append(("plain: next size", f"{n['params']/1e6:.1f}M params, peak RSS {n['peak_rss_mb']:.0f} MiB (over)"))
+def run_rows(label, d):
+    rows.append((f"{label}: params", f"{d['params']/1e9:.3f}B"))
+    rows.append((f"{label}: peak RSS", f"{d['peak_rss_mb']:.0f} MiB (within budget: {d.get('within_budget')})"))
+    rows.append((f"{label}: step times", ", ".join(f"{ms/1e3:.1f} s" for ms in d.get("step_ms", []))))
+    rows.append((f"{label}: tier bytes", f"{d.get('io_bytes', 0)/1e9:.1f} GB, {d.get('io_gbps', 0):.3f} GB/s over the steps"))
 if large:
-    rows.append(("offloaded: params", f"{large['params']/1e9:.3f}B"))
-    rows.append(("offloaded: peak RSS", f"{large['peak_rss_mb']:.0f} MiB (within budget: {large.get('within_budget')})"))
-    rows.append(("offloaded: step times", ", ".join(f"{ms/1e3:.1f} s" for ms in large.get("step_ms", []))))
-    rows.append(("offloaded: tier bytes", f"{large.get('io_bytes', 0)/1e9:.1f} GB, {large.get('io_gbps', 0):.3f} GB/s over the steps"))
+    run_rows("offloaded", large)
     if plain and plain.get("params"):
         out["ratio"] = large["params"] / plain["params"]
         rows.append(("params ratio", f"{out['ratio']:.1f}x (goal >= 20x)"))
@@ -128,7 +144,16 @@ if large:
         out["tier_vs_io_read"] = large["io_gbps"] / read
         out["tier_vs_io_write"] = large["io_gbps"] / write
         out["tier_vs_io_slower"] = large["io_gbps"] / min(read, write)
-        rows.append(("tier bandwidth / bench io", f"{out['tier_vs_io_read']:.2f} of read ({read:.2f} GB/s), {out['tier_vs_io_write']:.2f} of write ({write:.2f} GB/s) (goal >= 0.70)"))
+        # The step's own mix: of its 40 bytes a parameter, 24 are read (the gathers' 8, AdamW's p, g, m, v) and 16
+        # written (the gradient, AdamW's p, m, v); at bench io's rates one after the other that mix moves at:
+        mixed = 1 / (0.6 / read + 0.4 / write)
+        out["tier_vs_io_mixed"] = large["io_gbps"] / mixed
+        rows.append(("tier bandwidth / bench io", f"{out['tier_vs_io_read']:.2f} of read ({read:.2f} GB/s), {out['tier_vs_io_write']:.2f} of write ({write:.2f} GB/s), {out['tier_vs_io_mixed']:.2f} of the step's 60/40 read/write mix ({mixed:.2f} GB/s) (goal >= 0.70)"))
+if auto:
+    run_rows("auto", auto)
+    if large and large.get("io_bytes"):
+        out["auto_vs_static_bytes"] = auto.get("io_bytes", 0) / large["io_bytes"]
+        rows.append(("auto / static tier bytes", f"{out['auto_vs_static_bytes']:.4f} (goal <= 1)"))
 w = max(len(r[0]) for r in rows)
 for k, v in rows:
     print(f"{k:<{w}}  {v}")

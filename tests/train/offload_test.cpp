@@ -7,8 +7,11 @@
 //   resume   a run with offload stopped after 4 steps and resumed from its checkpoint equals a straight run
 //            without offload (the checkpoint reads the offloaded state back; the resume writes it out).
 //   metrics  metrics.jsonl carries mem_bytes, chunk_moves, io_bytes, io_gbps with offload, and not without.
-//   config   nvme without nvme_path, LARS/LAMB with offload, parameter offload without ZeRO-3 and
-//            placement = "auto" are exit-2 errors naming their keys.
+//   auto     placement = "auto" (shard cache over nvme after a traced first step) on two ranks, with a cache that
+//            forces eviction and with a roomy budget: bit-identical losses and optimizer state to no offload, the
+//            cache within its capacity, fewer tier bytes than static placement with everything on nvme.
+//   config   nvme without nvme_path, LARS/LAMB with offload, parameter offload without ZeRO-3, and placement =
+//            "auto" without a budget, with fractions or without ZeRO-3 are exit-2 errors naming their keys.
 //   disk full  a 64 MiB tmpfs (mounted in a private mount namespace) holding the swap file and the run directory
 //            fills up at a checkpoint: exit 2, one error line naming the path, no swap file left behind, and the
 //            last complete checkpoint resumes in a normal directory.
@@ -157,6 +160,79 @@ TEST(Offload, ZeroThreeWithMasterParametersAndStateOnNvmeIsBitIdentical) {
   }
 }
 
+TEST(Offload, AutoPlacementUnderABudgetThatForcesEvictionIsBitIdentical) {
+  // memory.placement = "auto" on two ranks: every shard's home on nvme, a shard cache after two steps. Under a
+  // cache of 40% of a rank's parameter shard (the test hook stands for a budget that tight) shards are evicted;
+  // under a 64 GiB budget (the budget's own rule) every shard stays. Both give the losses and optimizer state of
+  // ZeRO-3 without offload bit for bit, and move fewer tier bytes than static placement with everything on nvme.
+  train::configure_threads(1);
+  test::TempDir dir("offload");
+  struct Run {
+    std::vector<double> losses;
+    std::vector<std::pair<std::string, at::Tensor>> optim;
+    std::vector<train::StepResult> steps;
+    int64_t shard_bytes = 0;  // rank 0's share of the parameters, fp32
+  };
+  auto run = [&](std::vector<std::string> extra, int64_t cache_fraction_percent) {
+    Run out;
+    auto sets = small_sets({"parallel.zero=3", "train.batch_size=2"});
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    int64_t numel = 0;
+    for (const auto& [name, p] : train::Trainer(load_config("tiny", small_sets({})), no_files()).model().params())
+      numel += p.numel();
+    out.shard_bytes = numel * 4 / 2;
+    test::run_trainer_ranks(
+        2, sets,
+        [&](int) {
+          train::RunOptions o = no_files();
+          if (cache_fraction_percent >= 0) o.test_shard_cache_bytes = out.shard_bytes * cache_fraction_percent / 100;
+          return o;
+        },
+        [&](train::Trainer& t, int rank) {
+          for (int64_t s = 0; s < 20; ++s) {
+            const train::StepResult r = t.train_step(s);
+            if (rank == 0) {
+              out.losses.push_back(r.loss);
+              out.steps.push_back(r);
+            }
+          }
+          auto state = t.optimizer_state();
+          if (rank == 0) out.optim = std::move(state);
+        });
+    return out;
+  };
+  const std::string swap = "memory.nvme_path=" + dir / "swap";
+  const Run plain = run({}, -1);
+  const Run all_static = run({"memory.offload_tier=nvme", "memory.offload_param_frac=1", "memory.offload_grads=true",
+                              "memory.offload_optim_frac=1", swap}, -1);
+  const Run tight = run({"memory.placement=auto", "memory.budget=64GiB", "memory.offload_tier=nvme", swap}, 40);
+  const Run roomy = run({"memory.placement=auto", "memory.budget=64GiB", "memory.offload_tier=nvme", swap}, -1);
+  for (const Run* r : {&all_static, &tight, &roomy}) {
+    ASSERT_EQ(r->losses.size(), plain.losses.size());
+    for (size_t s = 0; s < plain.losses.size(); ++s) EXPECT_EQ(r->losses[s], plain.losses[s]) << "step " << s;
+    ASSERT_EQ(r->optim.size(), plain.optim.size());
+    for (size_t i = 0; i < plain.optim.size(); ++i)
+      EXPECT_TRUE(at::equal(r->optim[i].second, plain.optim[i].second)) << plain.optim[i].first;
+  }
+  // Steps 0 (the trace) and 1 run without a cache: the same bytes as static placement. Then the cache: within its
+  // capacity, hits every step, fewer bytes; the roomy one holds every shard (within the chunks' padding) and moves
+  // fewer still.
+  for (size_t s = 0; s < 2; ++s) {
+    EXPECT_EQ(tight.steps[s].io_bytes, all_static.steps[s].io_bytes) << "step " << s;
+    EXPECT_EQ(roomy.steps[s].io_bytes, all_static.steps[s].io_bytes) << "step " << s;
+    EXPECT_EQ(tight.steps[s].mem_cached, 0) << "step " << s;  // sized after step 1's optimizer step
+  }
+  for (size_t s = 2; s < plain.losses.size(); ++s) {
+    SCOPED_TRACE("step " + std::to_string(s));
+    EXPECT_LE(tight.steps[s].mem_cached, tight.shard_bytes * 40 / 100);
+    EXPECT_GT(tight.steps[s].mem_cached, 0);
+    EXPECT_GE(roomy.steps[s].mem_cached, roomy.shard_bytes);
+    EXPECT_GT(tight.steps[s].cache_hits, 0);
+    EXPECT_LT(tight.steps[s].io_bytes, all_static.steps[s].io_bytes);
+    EXPECT_LT(roomy.steps[s].io_bytes, tight.steps[s].io_bytes);
+  }
+}
+
 std::vector<nlohmann::json> metrics(const std::string& run) {
   std::vector<nlohmann::json> out;
   std::ifstream f(run + "/metrics.jsonl");
@@ -273,7 +349,11 @@ TEST(Offload, BadSettingsAreInputErrorsNamingTheirKeys) {
   EXPECT_NE(e.find("memory.offload_param_frac"), std::string::npos) << e;
   EXPECT_NE(e.find("parallel.zero = 3"), std::string::npos) << e;
   EXPECT_NE(input_error({"memory.offload_grads=true"}).find("memory.offload_grads"), std::string::npos);
-  EXPECT_NE(input_error({"memory.placement=auto"}).find("memory.placement"), std::string::npos);
+  EXPECT_NE(input_error({"memory.placement=auto"}).find("memory.budget"), std::string::npos);
+  EXPECT_NE(input_error({"memory.placement=auto", "memory.budget=1GiB"}).find("parallel.zero"), std::string::npos);
+  EXPECT_NE(input_error({"memory.placement=auto", "memory.budget=1GiB", "parallel.zero=3", "memory.offload_optim_frac=1"})
+                .find("memory.offload_optim_frac"),
+            std::string::npos);
 }
 
 // The child's part of DiskFullAtACheckpoint, with the 64 MiB tmpfs mounted at `tmpfs`: returns "" when every check

@@ -360,18 +360,30 @@ void validate(Config& cfg, int64_t world_size) {
                         {"memory.offload_optim_frac", mm.offload_optim_frac},
                         {"memory.offload_param_frac", mm.offload_param_frac}})
     KOLOS_CHECK(v >= 0 && v <= 1, "config key {}: expected a fraction in [0, 1], got {}", key, v);
-  KOLOS_CHECK(mm.placement == "static",
-              "config key memory.placement = \"auto\": the memory-trace policy is not implemented yet; use \"static\" "
-              "with memory.offload_optim_frac and memory.offload_param_frac");
-  const bool offloading = mm.offload_optim_frac > 0 || mm.offload_param_frac > 0;
+  if (mm.placement == "auto") {
+    // The tier holds every master shard, gradient shard and optimizer state; the budget sizes the shard cache.
+    KOLOS_CHECK(!mm.budget.empty(),
+                "config key memory.budget is empty: memory.placement = \"auto\" keeps as many parameter shards resident "
+                "as the budget allows; give one (e.g. \"2GiB\")");
+    KOLOS_CHECK(mm.offload_optim_frac == 0 && mm.offload_param_frac == 0 && !mm.offload_grads,
+                "config keys memory.offload_optim_frac = {} / memory.offload_param_frac = {} / memory.offload_grads = {} "
+                "with memory.placement = \"auto\": auto decides placement itself; leave them at 0 / 0 / false, or use "
+                "\"static\"",
+                mm.offload_optim_frac, mm.offload_param_frac, mm.offload_grads);
+    KOLOS_CHECK(cfg.parallel.zero == 3,
+                "config key parallel.zero = {} with memory.placement = \"auto\": auto places the chunks of ZeRO-3; set "
+                "parallel.zero = 3, or memory.placement = \"static\"",
+                cfg.parallel.zero);
+  }
+  const bool offloading = mm.offload_optim_frac > 0 || mm.offload_param_frac > 0 || mm.placement == "auto";
   KOLOS_CHECK(!offloading || mm.offload_tier != "nvme" || !mm.nvme_path.empty(),
               "config key memory.nvme_path is empty: memory.offload_tier = \"nvme\" with an offload fraction > 0 needs "
               "a directory for the swap files");
   KOLOS_CHECK(!offloading || (cfg.optim.name != "lars" && cfg.optim.name != "lamb"),
-              "config keys memory.offload_optim_frac = {} / memory.offload_param_frac = {} with optim.name = \"{}\": "
-              "its trust ratios need whole-tensor norms before any element is updated, which the streamed optimizer "
-              "step does not compute; use adamw, sgd or lion, or set the offload fractions to 0",
-              mm.offload_optim_frac, mm.offload_param_frac, cfg.optim.name);
+              "config keys memory.placement = \"{}\" / memory.offload_optim_frac = {} / memory.offload_param_frac = {} "
+              "with optim.name = \"{}\": its trust ratios need whole-tensor norms before any element is updated, which "
+              "the streamed optimizer step does not compute; use adamw, sgd or lion, or no offload",
+              mm.placement, mm.offload_optim_frac, mm.offload_param_frac, cfg.optim.name);
 
   KOLOS_CHECK(!mm.offload_grads || mm.offload_param_frac > 0,
               "config key memory.offload_grads = true: gradients are offloaded with the chunks whose master "

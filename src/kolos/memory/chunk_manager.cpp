@@ -1,8 +1,12 @@
 #include "kolos/memory/chunk_manager.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <limits>
 
 #include <c10/core/CPUAllocator.h>
 #include <torch/csrc/autograd/function.h>
@@ -46,15 +50,35 @@ c10::DataPtr aligned_data_ptr(int64_t bytes) {
 }
 
 // Page-aligned (kIoAlignment) CPU memory, sizes rounded up to it: the chunk buffers double as O_DIRECT targets of
-// the offloaded shards and gradients (which take their buffers from the same cache).
+// the offloaded shards and gradients (which take their buffers from the same cache). Buffers of kMapBytes and more
+// are mapped and unmapped on their own: kolos's main() keeps freed memory in a heap it never trims (warm pages for
+// activations), where buffers of 100+ MB, freed and taken in a different order, fragment it until the peak RSS
+// passes a memory budget (a 2B model under 2 GiB peaked 100 MiB over it).
 class PageAlignedAllocator final : public c10::Allocator {
  public:
+  static constexpr size_t kMapBytes = size_t{32} << 20;
+  struct Mapping {
+    void* data;
+    size_t bytes;
+  };
   c10::DataPtr allocate(size_t nbytes) const override {
-    void* p = std::aligned_alloc(kIoAlignment, static_cast<size_t>(align_up(static_cast<int64_t>(nbytes))));
+    const auto bytes = static_cast<size_t>(align_up(static_cast<int64_t>(nbytes)));
+    if (bytes >= kMapBytes) {
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      KOLOS_CHECK(p != MAP_FAILED, "out of memory mapping {} bytes for a chunk", nbytes);
+      return {p, new Mapping{p, bytes}, &unmap, c10::Device(c10::kCPU)};
+    }
+    void* p = std::aligned_alloc(kIoAlignment, bytes);
     KOLOS_CHECK(p != nullptr || nbytes == 0, "out of memory allocating {} bytes for a chunk", nbytes);
     return {p, p, &std::free, c10::Device(c10::kCPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return &std::free; }
+
+ private:
+  static void unmap(void* ctx) {
+    auto* m = static_cast<Mapping*>(ctx);
+    munmap(m->data, m->bytes);
+    delete m;
+  }
 };
 
 c10::Allocator* page_aligned_allocator() {
@@ -204,6 +228,7 @@ ChunkManager::ChunkManager(std::vector<ChunkParam> params, Options options, dist
       tier_storage_.push_back(storage);
       tier_reads_.push_back(0);
       tier_resident_.push_back(true);
+      cached_.push_back(false);
       if (options_.offload_grads) {  // written at the first reduction of every step; no memory until then
         c10::Storage gs;
         grad_shard = own_storage_tensor(s, &gs);
@@ -278,8 +303,108 @@ void ChunkManager::evict_shard(int c) {
   const AioTicket t = tier_reads_[i];
   tier_reads_[i] = 0;
   options_.tier->wait(t);  // the engine may still write into the buffer
+  if (admit(i, true)) return;  // the shard cache keeps it
+  cached_[i] = false;
   return_storage(tier_storage_[i], *cache_);
   tier_resident_[i] = false;
+}
+
+void ChunkManager::note_use(int i) {
+  if (trace_state_ == 1) trace_.push_back(i);
+  if (cached_[i] && tier_resident_[i]) ++cache_hits_;
+  ++uses_;
+}
+
+int64_t ChunkManager::next_use(int j) const {
+  if (trace_state_ != 2 || trace_positions_[j].empty()) return std::numeric_limits<int64_t>::max();
+  const auto& at = trace_positions_[j];
+  const auto it = std::lower_bound(at.begin(), at.end(), uses_);
+  // Past its last use this step: its first use of the next step (the trace repeats).
+  return it != at.end() ? *it : at.front() + static_cast<int64_t>(trace_.size());
+}
+
+bool ChunkManager::admit(int i, bool evict) {
+  if (cache_capacity_ <= 0) return false;
+  const auto bytes = [this](int j) { return offloaded_[j].numel * 4; };
+  const int64_t need = bytes(i);
+  if (need > cache_capacity_) return false;
+  int64_t used = 0;
+  std::vector<std::pair<int64_t, int>> others;  // (next use, shard) of the other cached shards
+  for (int j = 0; j < static_cast<int>(offloaded_.size()); ++j)
+    if (j != i && cached_[j] && tier_resident_[j]) {
+      used += bytes(j);
+      others.emplace_back(next_use(j), j);
+    }
+  if (used + need > cache_capacity_) {
+    if (!evict) return false;
+    // Belady: free the shards needed furthest in the future, unless this one is needed later than they are.
+    const int64_t mine = next_use(i);
+    std::sort(others.begin(), others.end(), std::greater<>());
+    std::vector<int> victims;
+    for (const auto& [when, j] : others) {
+      if (used + need <= cache_capacity_) break;
+      if (when <= mine) return false;
+      if (chunks_[first_offloaded_ + j]->residency() != Chunk::Residency::kReleased) continue;  // its gather reads it
+      victims.push_back(j);
+      used -= bytes(j);
+    }
+    if (used + need > cache_capacity_) return false;
+    for (int j : victims) {
+      return_storage(tier_storage_[j], *cache_);
+      tier_resident_[j] = false;
+      cached_[j] = false;
+    }
+  }
+  cached_[i] = true;
+  return true;
+}
+
+void ChunkManager::set_cache_capacity(int64_t bytes) {
+  if (trace_state_ < 2) {  // the trace ends here (or is empty: no step ran)
+    trace_state_ = 2;
+    trace_positions_.assign(offloaded_.size(), {});
+    for (size_t q = 0; q < trace_.size(); ++q) trace_positions_[trace_[q]].push_back(static_cast<int64_t>(q));
+  }
+  cache_capacity_ = std::max<int64_t>(0, bytes);
+  // Over the new capacity: free the shards needed furthest in the future (whose chunks are not gathered).
+  std::vector<std::pair<int64_t, int>> held;
+  int64_t used = 0;
+  for (int j = 0; j < static_cast<int>(offloaded_.size()); ++j)
+    if (cached_[j] && tier_resident_[j]) {
+      used += offloaded_[j].numel * 4;
+      held.emplace_back(next_use(j), j);
+    }
+  std::sort(held.begin(), held.end(), std::greater<>());
+  for (const auto& [when, j] : held) {
+    if (used <= cache_capacity_) break;
+    if (chunks_[first_offloaded_ + j]->residency() != Chunk::Residency::kReleased) continue;
+    return_storage(tier_storage_[j], *cache_);
+    tier_resident_[j] = false;
+    cached_[j] = false;
+    used -= offloaded_[j].numel * 4;
+  }
+}
+
+int64_t ChunkManager::shard_cache_bytes() const {
+  int64_t bytes = 0;
+  for (size_t j = 0; j < offloaded_.size(); ++j)
+    if (cached_[j] && tier_resident_[j]) bytes += offloaded_[j].numel * 4;
+  return bytes;
+}
+
+std::pair<float*, float*> ChunkManager::optimizer_visit(int i) {
+  KOLOS_ASSERT(i >= 0 && i < static_cast<int>(offloaded_.size()), "optimizer_visit({}): {} offloaded shards", i,
+               offloaded_.size());
+  note_use(i);
+  if (tier_resident_[i]) {
+    KOLOS_ASSERT(tier_reads_[i] == 0, "offloaded shard {} is being read during the optimizer step", i);
+    float* data = static_cast<float*>(tier_storage_[i].data());
+    return cached_[i] ? std::pair<float*, float*>{data, data} : std::pair<float*, float*>{nullptr, nullptr};
+  }
+  if (!admit(i, false)) return {nullptr, nullptr};  // into free room only: the step's windows point into the cache
+  refill_storage(tier_storage_[i], offloaded_[i].numel, *cache_);
+  tier_resident_[i] = true;
+  return {nullptr, static_cast<float*>(tier_storage_[i].data())};
 }
 
 void ChunkManager::fetch_block(int block) {
@@ -405,6 +530,7 @@ void ChunkManager::gather_block(int block, dist::Phase phase) {
   for (int c = block_chunks_[block].first; c < block_chunks_[block].second; ++c) {
     Chunk& ch = *chunks_[c];
     if (ch.residency() != Chunk::Residency::kReleased || done_[c]) continue;
+    if (tier_index(c) >= 0) note_use(tier_index(c));
     wait_shard(c);
     ch.gather_async(phase);
     ++gathers_;
@@ -429,6 +555,13 @@ void ChunkManager::begin_step() {
   KOLOS_ASSERT(pending_.empty(), "begin_step with gradient reductions in flight (finish_backward was not called)");
   shard_grads_.zero_();
   grad_written_.assign(grad_written_.size(), false);
+  // The shard cache's trace: the first step records, the second begin_step ends it.
+  if (trace_state_ == 0 && !offloaded_.empty()) {
+    trace_state_ = 1;
+  } else if (trace_state_ == 1) {
+    set_cache_capacity(cache_capacity_);
+  }
+  uses_ = 0;
 }
 
 void ChunkManager::before_forward(int block) {

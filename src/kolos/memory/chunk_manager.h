@@ -53,7 +53,8 @@
 // Memory: at most the chunks of two adjacent blocks (plus keep-gathered ones) are gathered at a time, plus the
 // gradient buffers (chunk-sized, allocated in before_backward) of the block in backward and of the chunks whose
 // reduction is in flight or waits its turn (at most Options::max_pending_reductions in flight before the oldest is
-// waited for). Released buffers are cached for reuse (BufferCache, Options::buffer_cache_bytes).
+// waited for). Released buffers are cached for reuse (BufferCache, Options::buffer_cache_bytes); those of 32 MiB
+// and more are mapped and unmapped on their own, outside the heap.
 //
 // Parameter offload (Options::offload_fraction > 0; memory.offload_param_frac): the master shards of the last
 // chunks — the fewest trailing chunks whose shards hold at least that fraction of the shard elements — live on a tier (memory/tiers.h) instead of in shard_params(), which then holds the resident chunks' shards
@@ -72,6 +73,17 @@
 // max_pending_reductions writes in flight) and freed. finish_backward waits for every write. The optimizer reads
 // these gradients from the tier (memory/offload.h). So at one rank, resident gradient memory is the chunk buffers
 // of the blocks in backward, not the model's.
+//
+// The shard cache (memory.placement = "auto"; set_cache_capacity). Every offloaded shard's home stays the tier,
+// written through (by the optimizer and set_param), but after a use up to `capacity` bytes of them stay resident
+// instead of being freed, so the next use reads no bytes. Uses are the gathers of a chunk (forward, backward) and the
+// optimizer's visit of its shard (StreamedStep's ParamCache). From the first begin_step until the next (the first
+// step and its optimizer step), the order of the uses is recorded: the trace. When a used shard would overflow the
+// capacity, the cached shards are ranked by their next use in the trace (the step repeats it) and those needed
+// furthest in the future are freed (Belady's rule) — or the used shard itself, when it is needed last. A shard whose
+// chunk is gathered or gathering is never freed for another (its gather may still read it); the optimizer admits a
+// shard only into free room (the step's windows point into the cached shards). The cache changes no value: a cached
+// shard equals its tier copy.
 //
 // Lifetime: the manager must outlive every autograd graph built with its parameters (its hooks and nodes point at
 // it); the Comm outlives the manager. Not thread-safe.
@@ -198,6 +210,19 @@ class ChunkManager {
   int64_t gathers() const { return gathers_; }                      // all-gathers started since construction
   int64_t cached_bytes() const { return cache_->cached_bytes(); }
 
+  // --- The shard cache (see above) ---
+  // Turns the cache on (bytes > 0) or off (0: every cached shard freed). Ends the trace if it is still recording.
+  void set_cache_capacity(int64_t bytes);
+  int64_t cache_capacity() const { return cache_capacity_; }
+  int64_t shard_cache_bytes() const;      // offloaded shards resident in the cache now
+  bool shard_cached(int c) const { return tier_index(c) >= 0 && cached_[tier_index(c)] && tier_resident_[tier_index(c)]; }
+  int64_t cache_hits() const { return cache_hits_; }  // uses that found their shard cached
+  const std::vector<int>& trace() const { return trace_; }  // the recorded uses (tier indices of offloaded_)
+  // The optimizer's visit of offloaded shard i (a use; StreamedStep::ParamCache): where its values are resident
+  // (read them from there, not from the tier; null: read the tier), and where to copy the updated values (null:
+  // nowhere; the tier is written either way).
+  std::pair<float*, float*> optimizer_visit(int i);
+
  private:
   class ReadyHook;
   void check_block(int block, const char* what) const;
@@ -213,6 +238,11 @@ class ChunkManager {
   void wait_shard(int c);
   void evict_shard(int c);
   void fetch_block(int block);
+  // The shard cache: a use of offloaded shard i; the next use of shard j after the uses so far this step (in
+  // trace positions; INT64_MAX: never); whether shard i (resident) may stay, freeing those needed later if `evict`.
+  void note_use(int i);
+  int64_t next_use(int j) const;
+  bool admit(int i, bool evict);
   void on_grad_ready(int param);
   void launch_ready_reductions();
   void wait_oldest_reduction();
@@ -239,6 +269,13 @@ class ChunkManager {
   std::vector<c10::Storage> tier_storage_;   // per offloaded chunk: its shard's storage (nbytes 0 when evicted)
   std::vector<AioTicket> tier_reads_;        // per offloaded chunk: the read in flight (0: none)
   std::vector<bool> tier_resident_;          // per offloaded chunk: its storage holds (or is receiving) the shard
+  // The shard cache: per offloaded chunk, whether it stays resident after its use; the capacity; the trace (0: not
+  // begun, 1: recording, 2: done) with each shard's positions in it; uses so far this step; hits.
+  std::vector<bool> cached_;
+  int64_t cache_capacity_ = 0, uses_ = 0, cache_hits_ = 0;
+  int trace_state_ = 0;
+  std::vector<int> trace_;
+  std::vector<std::vector<int64_t>> trace_positions_;
   // Gradient offload, per offloaded chunk: its gradient shard's storage (nbytes 0 between uses), whether this step
   // wrote it already, its sum of squares as written; and the writes in flight, oldest first (one rank writes a
   // chunk's first gradient of the step straight from the chunk's gradient buffer, `buffer`).

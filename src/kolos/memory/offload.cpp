@@ -66,6 +66,7 @@ StreamedStep::StreamedStep(optim::Optimizer& optimizer, TierStore& store, int64_
   }
   const bool any_state = std::any_of(segments_.begin(), segments_.end(), [](const Segment& s) { return !s.state.empty(); });
   staging_.resize(options_.staging);
+  cached_.assign(shards_.size(), {nullptr, nullptr});
   for (auto& st : staging_) {
     if (any_state)
       for (int k = 0; k < states; ++k) st.state.emplace_back(options_.window_elements * 4);
@@ -107,7 +108,14 @@ void StreamedStep::start_reads(size_t i) {
     st.reads.push_back(store_.read(seg.state[k], (w.begin - seg.begin) * 4, st.state[k].data(), bytes));
   if (seg.shard >= 0) {
     const TierShard& sh = shards_[seg.shard];
-    st.reads.push_back(store_.read(sh.region, (w.begin - sh.begin) * 4, st.params.data(), bytes));
+    if (param_cache_ && w.begin == sh.begin) cached_[seg.shard] = param_cache_(seg.shard);  // its first window
+    if (const float* src = cached_[seg.shard].first) {  // resident: copied, not read
+      std::memcpy(st.params.data(), src + (w.begin - sh.begin), static_cast<size_t>((w.end - w.begin) * 4));
+      std::memset(st.params.data() + (w.end - w.begin) * 4, 0,
+                  static_cast<size_t>(bytes - (w.end - w.begin) * 4));
+    } else {
+      st.reads.push_back(store_.read(sh.region, (w.begin - sh.begin) * 4, st.params.data(), bytes));
+    }
     if (sh.grad_region.id >= 0)
       st.reads.push_back(store_.read(sh.grad_region, (w.begin - sh.begin) * 4, st.grads.data(), bytes));
   }
@@ -148,6 +156,9 @@ void StreamedStep::step(double lr, double grad_scale) {
     if (seg.shard >= 0) sw.params = reinterpret_cast<float*>(st.params.data());
     if (seg.shard >= 0 && shards_[seg.shard].grad_region.id >= 0) sw.grads = reinterpret_cast<const float*>(st.grads.data());
     optimizer_.update(lr, grad_scale, sw);
+    if (seg.shard >= 0)
+      if (float* dst = cached_[seg.shard].second)
+        std::memcpy(dst + (w.begin - shards_[seg.shard].begin), st.params.data(), static_cast<size_t>((w.end - w.begin) * 4));
     start_writes(i);
     if (i + depth < n) start_reads(i + depth);
   }
@@ -155,6 +166,7 @@ void StreamedStep::step(double lr, double grad_scale) {
     wait_all(store_, st.reads);
     wait_all(store_, st.writes);
   }
+  cached_.assign(shards_.size(), {nullptr, nullptr});
 }
 
 at::Tensor StreamedStep::read_state(int k) {

@@ -25,10 +25,17 @@
 // element is updated by the same kernel as without offload: the step is bit-identical (optim/optimizer.h). All
 // writes are waited before step() returns (the next gathers read the parameters back).
 //
+// A parameter cache (set_param_cache; ChunkManager's shard cache under memory.placement = "auto"): at the first
+// window of each offloaded shard the step asks where that shard's values are resident — then its windows are copied
+// from there instead of read from the tier — and where its updated values should go besides the tier (either
+// may be null). The tier is written either way (it stays the shard's home), so the values are the same.
+//
 // Not thread-safe (the training thread).
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -62,6 +69,11 @@ class StreamedStep {
 
   // One optimizer step (Optimizer::step's contract) over the resident head and the streamed tail.
   void step(double lr, double grad_scale);
+
+  // Shard index (into `shards`) -> (resident values to read, or null; where to copy the updated values, or null).
+  // Both stay valid until step() returns.
+  using ParamCache = std::function<std::pair<float*, float*>(int shard)>;
+  void set_param_cache(ParamCache cache) { param_cache_ = std::move(cache); }
 
   // Checkpoints: state buffer k as a whole (N elements: the resident head and the tier's tail, read back), and
   // the other way (the head copied in, the tail written out). Synchronous.
@@ -101,6 +113,8 @@ class StreamedStep {
   std::vector<Segment> segments_;
   std::vector<Window> windows_;
   std::vector<Staging> staging_;
+  ParamCache param_cache_;
+  std::vector<std::pair<float*, float*>> cached_;  // per shard, this step: param_cache_'s answer
 };
 
 }  // namespace kolos::memory

@@ -84,9 +84,10 @@ int bench_train_main(int argc, char** argv) {
                   r.fwd_bwd_ms, r.optim_ms, r.loss, s < warmup ? " (warm-up)" : "");
     std::fflush(stdout);
     if (r.offload && rank0)
-      std::printf("    tier: %ld requests, %.3f GB moved, %.3f GB/s; waited for it %.0f ms (optimizer %.0f)\n",
-                  r.chunk_moves, r.io_bytes / 1e9, r.io_bytes / (r.step_ms * 1e6), r.io_wait_ms,
-                  r.io_wait_optim_ms);
+      std::printf("    tier: %ld requests, %.3f GB moved, %.3f GB/s; waited for it %.0f ms (optimizer %.0f); "
+                  "shard cache %.0f MiB, %ld hits; peak RSS so far %.0f MiB\n",
+                  r.chunk_moves, r.io_bytes / 1e9, r.io_bytes / (r.step_ms * 1e6), r.io_wait_ms, r.io_wait_optim_ms,
+                  r.mem_cached / 1048576.0, r.cache_hits, peak_rss_bytes() / 1048576.0);
     last = r;
     if (s < warmup) continue;
     io_bytes += r.io_bytes;

@@ -109,6 +109,7 @@ Trainer::Trainer(Config config, RunOptions options, dist::DistEnv env)
   lo.seed = config_.train.seed;
   loader_ = std::make_unique<data::Loader>(lo);
   par_ = parallel::apply(*model_, config_, plan_, mesh_.get());
+  if (options_.test_shard_cache_bytes >= 0) par_.data->shard_cache_for_test(options_.test_shard_cache_bytes);
   if (plan_.pp > 1) {
     count_cpu_allocations();  // the executor's activation bytes per stage
     pipe_ = std::make_unique<parallel::pipeline::Executor>(
@@ -310,6 +311,8 @@ StepResult Trainer::train_step(int64_t step) {
     r.io_bytes = f.io_bytes - tier_before.io_bytes;
     r.io_wait_ms = f.io_wait_ms - tier_before.io_wait_ms;
     r.io_wait_optim_ms = f.io_wait_ms - wait_before_optim;
+    r.mem_cached = f.cached;
+    r.cache_hits = f.cache_hits - tier_before.cache_hits;
   }
   return r;
 }
@@ -707,6 +710,10 @@ nlohmann::json Trainer::train() {
         rec["chunk_moves"] = r.chunk_moves;
         rec["io_bytes"] = r.io_bytes;
         rec["io_gbps"] = static_cast<double>(r.io_bytes) / std::max(r.step_ms, 1e-6) / 1e6;
+        if (par_.data->auto_placement()) {
+          rec["mem_bytes"]["cache"] = r.mem_cached;
+          rec["cache_hits"] = r.cache_hits;
+        }
       }
       if (scaler_) {
         rec["loss_scale"] = r.loss_scale;

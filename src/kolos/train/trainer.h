@@ -64,6 +64,9 @@ struct RunOptions {
   // Test hook (tests/train/mixed_precision_test.cpp), not for training: at these steps (0-based) this rank writes
   // +inf into its local gradient before the reduction (DataParallel::inject_inf_for_test).
   std::vector<int64_t> test_inf_grad_steps;
+  // Test hook (tests/train/offload_test.cpp): memory.placement = "auto" sizes its shard cache to this many bytes
+  // after the first step instead of from memory.budget and the peak RSS (>= 0; -1: the budget's rule).
+  int64_t test_shard_cache_bytes = -1;
 };
 
 struct StepResult {
@@ -81,6 +84,8 @@ struct StepResult {
   bool offload = false;
   int64_t mem_compute = 0, mem_host = 0, mem_nvme = 0, chunk_moves = 0, io_bytes = 0;
   double io_wait_ms = 0, io_wait_optim_ms = 0;
+  // memory.placement = "auto": the shard cache's bytes after the step and the uses that found their shard in it.
+  int64_t mem_cached = 0, cache_hits = 0;
   // The CPU allocator's live bytes after a micro-step's forward (the loss computed, backward not begun) less those
   // before it — the activations autograd keeps for backward, with the logits and the loss — the most over the
   // step's micro-steps; 0 unless allocations are counted (count_cpu_allocations; kolos bench train does).

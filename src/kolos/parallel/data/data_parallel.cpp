@@ -14,6 +14,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include "kolos/core/error.h"
+#include "kolos/core/units.h"
 #include "kolos/memory/chunk_search.h"
 #include "kolos/optim/norm.h"
 
@@ -169,7 +170,7 @@ DataParallel::DataParallel(models::Model& model, const Config& config, const Pla
 void DataParallel::build_optimizer(optim::OptimizerBuffers ob) {
   const auto& mc = config_.memory;
   const std::vector<memory::TierShard> shards = chunks_ ? chunks_->offloaded_shards() : std::vector<memory::TierShard>{};
-  const double optim_frac = optim::state_buffers(config_.optim) > 0 ? mc.offload_optim_frac : 0.0;
+  const double optim_frac = optim::state_buffers(config_.optim) == 0 ? 0.0 : auto_placement() ? 1.0 : mc.offload_optim_frac;
   const int64_t state_begin = memory::offload_begin(ob.state_numel, optim_frac, shards);
   if (!tier_ && state_begin < ob.state_numel) tier_ = memory::TierStore::from_config(mc, rank_);
   ob.resident_state = state_begin;
@@ -178,7 +179,11 @@ void DataParallel::build_optimizer(optim::OptimizerBuffers ob) {
   optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
   if (tier_) streamed_ = std::make_unique<memory::StreamedStep>(*optimizer_, *tier_, state_begin, shards,
                                                                 memory::StreamedStep::Options{});
+  if (auto_placement())  // the optimizer's visits are uses of the shard cache, and fill it
+    streamed_->set_param_cache([m = chunks_.get()](int shard) { return m->optimizer_visit(shard); });
 }
+
+bool DataParallel::auto_placement() const { return config_.memory.placement == "auto" && chunks_ != nullptr; }
 
 at::Tensor DataParallel::state_buffer(size_t k) {
   return streamed_ ? streamed_->read_state(static_cast<int>(k)) : optimizer_->state().at(k).second;
@@ -207,6 +212,10 @@ DataParallel::MemoryFigures DataParallel::memory_figures() const {
     f.moves = tier_->moves();
     f.io_bytes = tier_->bytes_moved();
     f.io_wait_ms = tier_->wait_ms();
+  }
+  if (chunks_) {
+    f.cached = chunks_->shard_cache_bytes();
+    f.cache_hits = chunks_->cache_hits();
   }
   return f;
 }
@@ -314,11 +323,12 @@ void DataParallel::build_chunked() {
       pick = c;
   memory::ChunkManager::Options mo;
   mo.chunk_size = pick.chunk_size;
-  if (config_.memory.offload_param_frac > 0) {  // master shards on the tier (the optimizer streams them)
+  const bool automatic = config_.memory.placement == "auto";
+  if (config_.memory.offload_param_frac > 0 || automatic) {  // master shards on the tier (the optimizer streams them)
     tier_ = memory::TierStore::from_config(config_.memory, rank_);
-    mo.offload_fraction = config_.memory.offload_param_frac;
+    mo.offload_fraction = automatic ? 1.0 : config_.memory.offload_param_frac;
     mo.tier = tier_.get();
-    mo.offload_grads = config_.memory.offload_grads;
+    mo.offload_grads = automatic || config_.memory.offload_grads;
   }
   const std::string tied = model_.tied_embedding();
   if (!tied.empty()) mo.keep_gathered.push_back(model_.param_block(tied));
@@ -621,6 +631,21 @@ void DataParallel::optimizer_step(double lr, double grad_scale) {
     streamed_->step(lr, grad_scale);
   } else {
     optimizer_->step(lr, grad_scale);
+  }
+  if (auto_placement()) {
+    // memory.placement = "auto". The first step records the trace; the first two run with no shard cached (the
+    // second finds the buffer cache and the heap as every later step will) and peak at peak_rss_bytes(). What the
+    // budget leaves above that, less a margin (1/16 of the budget, at least 16 MiB), holds cached shards from the
+    // third step on. Should a later peak still come within half the margin of the budget, the cache shrinks by
+    // the excess.
+    const int64_t budget = parse_bytes(config_.memory.budget, "config key memory.budget");
+    const int64_t margin = std::max<int64_t>(int64_t{16} << 20, budget / 16), peak = peak_rss_bytes();
+    ++auto_steps_;
+    if (auto_steps_ == 2) {
+      chunks_->set_cache_capacity(test_cache_bytes_ >= 0 ? test_cache_bytes_ : budget - peak - margin);
+    } else if (auto_steps_ > 2 && test_cache_bytes_ < 0 && peak > budget - margin / 2) {
+      chunks_->set_cache_capacity(chunks_->cache_capacity() - (peak - (budget - margin / 2)) - margin / 2);
+    }
   }
   if (zero_ == 0 || zero_ == 3) return;  // zero 3: the next forward gathers the updated shards
   dist::Ledger::PhaseScope phase(comm_->ledger(), dist::Phase::kOptimizer);

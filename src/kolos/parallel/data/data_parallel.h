@@ -140,6 +140,8 @@ class DataParallel {
   // Test hook (tests/train/mixed_precision_test.cpp), not for training: the next armed micro-step writes +inf into
   // the first gradient element of the first bucket it reduces, on this rank only, before the reduction.
   void inject_inf_for_test() { inject_inf_ = true; }
+  // Test hook: memory.placement = "auto" sizes the shard cache to `bytes` instead of by the budget rule.
+  void shard_cache_for_test(int64_t bytes) { test_cache_bytes_ = bytes; }
 
   // Pipeline parallelism with a tied embedding (the stem's stage and the head's each hold a copy):
   //   hold_gradient  the parameter's gradient is not final when backward is done with it here — the other stage's
@@ -168,8 +170,13 @@ class DataParallel {
     int64_t compute = 0, host = 0, nvme = 0;
     int64_t moves = 0, io_bytes = 0;
     double io_wait_ms = 0;
+    // memory.placement = "auto": the shard cache's bytes now (counted in compute too) and its hits so far.
+    int64_t cached = 0, cache_hits = 0;
   };
   bool offloading() const { return tier_ != nullptr; }
+  // memory.placement = "auto" (ZeRO-3): every shard's home on the tier, the ChunkManager's shard cache sized after
+  // the second step from memory.budget and the peak RSS so far.
+  bool auto_placement() const;
   MemoryFigures memory_figures() const;
   // When backward first reached the first transformer block of the last armed micro-step (the earliest gradient
   // of a parameter named h.0.* or layers.0.*): for the overlap check. Clock::time_point{} if never.
@@ -240,6 +247,8 @@ class DataParallel {
   std::vector<int64_t> chunk_shard_offset_;  // per chunk: where its shard lies in the shard buffers
   int kept_chunks_ = 0;
   bool record_blocks_ = false;
+  int64_t auto_steps_ = 0;  // memory.placement = "auto": optimizer steps so far (the cache is sized after the second)
+  int64_t test_cache_bytes_ = -1;
   std::vector<Clock::time_point> block_forward_start_;
 
   // Per micro-step state of the hooks.
