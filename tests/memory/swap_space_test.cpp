@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -158,6 +159,27 @@ TEST(SwapSpace, RemovedAtExitWhenNeverDestroyed) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   EXPECT_EQ(exists, '1');
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+TEST(SwapSpace, RemovedWhenTheProcessIsTerminated) {
+  // `kolos bench train` has no handler of its own: SIGTERM (and SIGINT, SIGHUP) must not leave a swap file of the
+  // model's size behind. The process still dies of the signal.
+  for (int sig : {SIGTERM, SIGINT}) {
+    test::TempDir dir("swap");
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {  // inherits the handler if this process installed it already
+      SwapSpace space(dir.path(), step(16 * kB));
+      space.allocate(kB);
+      if (!std::filesystem::exists(space.path())) std::_Exit(7);
+      ::kill(::getpid(), sig);
+      std::_Exit(8);  // not reached
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "signal " << sig << ", status " << status;
+    EXPECT_TRUE(std::filesystem::is_empty(dir.path())) << "signal " << sig;
+  }
 }
 
 TEST(SwapSpace, DirectoryThatCannotBeCreatedIsBadInput) {

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <set>
@@ -36,6 +38,52 @@ LiveFiles& live_files() {
   return *live;
 }
 
+// The same paths for a fatal signal's handler, which may only call async-signal-safe functions: fixed slots, each
+// claimed with an atomic flag and its path written before the flag says it is complete.
+constexpr int kSignalSlots = 16;
+constexpr size_t kSignalPathBytes = 4096;
+char g_signal_paths[kSignalSlots][kSignalPathBytes];
+std::atomic<int> g_signal_state[kSignalSlots];  // 0 free, 1 being written or cleared, 2 holds a path
+
+void remove_on_signal(int sig) {
+  for (int i = 0; i < kSignalSlots; ++i)
+    if (g_signal_state[i].load() == 2) ::unlink(g_signal_paths[i]);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+// Installs remove_on_signal for the fatal signals still at their default disposition (once per process).
+void install_signal_removal() {
+  static const bool installed = [] {
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+      struct sigaction old {};
+      if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) std::signal(sig, remove_on_signal);
+    }
+    return true;
+  }();
+  (void)installed;
+}
+
+int claim_signal_slot(const std::string& path) {
+  if (path.size() >= kSignalPathBytes) return -1;
+  for (int i = 0; i < kSignalSlots; ++i) {
+    int expected = 0;
+    if (g_signal_state[i].compare_exchange_strong(expected, 1)) {
+      std::memcpy(g_signal_paths[i], path.c_str(), path.size() + 1);
+      g_signal_state[i].store(2);
+      return i;
+    }
+  }
+  return -1;  // more live swap files than slots: the others are removed at exit only
+}
+
+void release_signal_slot(int slot) {
+  if (slot < 0) return;
+  g_signal_state[slot].store(1);
+  g_signal_paths[slot][0] = '\0';
+  g_signal_state[slot].store(0);
+}
+
 std::string swap_file_path(const std::string& dir, int rank) {
   static std::atomic<int> opened{0};
   return fmt::format("{}/kolos-swap-pid{}-rank{}-{}.bin", dir, ::getpid(), rank, opened++);
@@ -65,10 +113,13 @@ SwapSpace::SwapSpace(const std::string& dir, Options options)
   LiveFiles& live = live_files();
   std::lock_guard<std::mutex> lock(live.mutex);
   live.paths.insert(file_.path());
+  install_signal_removal();
+  signal_slot_ = claim_signal_slot(file_.path());
 }
 
 SwapSpace::~SwapSpace() {
   const std::string path = file_.path();
+  release_signal_slot(signal_slot_);
   file_ = DirectFile();  // close before removing
   ::unlink(path.c_str());
   LiveFiles& live = live_files();

@@ -8,7 +8,10 @@
 // The file is never shrunk.
 //
 // The file is removed by the destructor and, should the destructor not run (exit() with the object alive), by an
-// atexit handler. A process killed by a signal leaves it behind; the name says whose it was.
+// atexit handler; SIGTERM, SIGINT and SIGHUP, where nothing else handles them (the signal's disposition is the
+// default when the first SwapSpace is made: `kolos bench train`, not `kolos train`, which stops at a step), remove
+// every live swap file before the signal takes its default course. Only SIGKILL (or a crash) leaves a file behind;
+// the name says whose it was.
 #pragma once
 
 #include <cstdint>
@@ -60,6 +63,7 @@ class SwapSpace {
 
   Options options_;
   DirectFile file_;
+  int signal_slot_ = -1;  // where a fatal signal's handler finds the path (-1: none)
   mutable std::mutex mutex_;
   int64_t file_bytes_ = 0;
   int64_t used_bytes_ = 0;
