@@ -158,6 +158,16 @@ std::vector<at::Tensor> train_reference(const TinyModel& model, int steps = kSte
 // Makes one rank's tier store for parameter offload (null function: no offload).
 using StoreMaker = std::function<std::unique_ptr<TierStore>(int rank)>;
 
+// A tier store on `tier` for `rank`, its swap file (nvme) under `dir`, growing 1 MiB at a time.
+std::unique_ptr<TierStore> tier_store(Tier tier, const std::string& dir, int rank = 0) {
+  TierStore::Options so;
+  so.tier = tier;
+  so.nvme_path = dir;
+  so.rank = rank;
+  so.grow_step = 1 << 20;
+  return std::make_unique<TierStore>(so);
+}
+
 // The chunk manager on `comm` (null: one rank), `accum` micro-steps per step; returns the whole parameters. With
 // `make_store`, options.offload_fraction of the shards live on this rank's store and the SGD step updates them there.
 std::vector<at::Tensor> train_chunked(const TinyModel& model, ChunkManager::Options options, dist::Comm* comm,
@@ -274,14 +284,7 @@ TEST(ChunkZero3, OffloadedShardsOnHostAndNvmeMatchOneProcess) {
       SCOPED_TRACE(std::string(tier_name(tier)) + ", ranks " + std::to_string(ranks));
       ChunkManager::Options o = two_chunks_per_block(model);
       o.offload_fraction = 0.5;
-      expect_parity(model, o, ranks, 1, [&](int rank) {
-        TierStore::Options so;
-        so.tier = tier;
-        so.nvme_path = dir.path();
-        so.rank = rank;
-        so.grow_step = 1 << 20;
-        return std::make_unique<TierStore>(so);
-      });
+      expect_parity(model, o, ranks, 1, [&](int rank) { return tier_store(tier, dir.path(), rank); });
     }
 }
 
@@ -342,12 +345,8 @@ int64_t simulated_hits(const std::vector<int>& trace, size_t capacity, bool min)
 
 CachedRun train_cached(const TinyModel& model, dist::Comm* comm, int64_t capacity, const std::string& dir) {
   const int n = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
-  TierStore::Options so;
-  so.tier = Tier::kNvme;
-  so.nvme_path = dir;
-  so.rank = rank;
-  so.grow_step = 1 << 20;
-  TierStore store(so);
+  const std::unique_ptr<TierStore> owned = tier_store(Tier::kNvme, dir, rank);
+  TierStore& store = *owned;
   ChunkManager::Options o = two_chunks_per_block(model);
   o.offload_fraction = 1;
   o.tier = &store;
@@ -469,11 +468,8 @@ int64_t forward_growth(int layers, const std::string& dir) {
   model.h = 64;
   model.f = 256;  // a block: 33,088 elements (129 KiB); a recomputed block keeps its 8 × 64 input and RNG state
   model.recompute = true;
-  TierStore::Options so;
-  so.tier = Tier::kNvme;
-  so.nvme_path = dir;
-  so.grow_step = 1 << 20;
-  TierStore store(so);
+  const std::unique_ptr<TierStore> owned = tier_store(Tier::kNvme, dir);
+  TierStore& store = *owned;
   ChunkManager::Options o;
   o.chunk_size = 2 * model.f * model.h + model.f + model.h;
   o.offload_fraction = 1;

@@ -304,14 +304,29 @@ void ChunkManager::evict_shard(int c) {
   tier_reads_[i] = 0;
   options_.tier->wait(t);  // the engine may still write into the buffer
   if (admit(i, true)) return;  // the shard cache keeps it
-  cached_[i] = false;
+  drop_shard(i);
+}
+
+void ChunkManager::drop_shard(int i) {
   return_storage(tier_storage_[i], *cache_);
   tier_resident_[i] = false;
+  cached_[i] = false;
+}
+
+int64_t ChunkManager::cached_shards(int except, std::vector<std::pair<int64_t, int>>* furthest_first) const {
+  int64_t bytes = 0;
+  for (int j = 0; j < static_cast<int>(offloaded_.size()); ++j) {
+    if (j == except || !cached_[j]) continue;
+    bytes += shard_bytes(j);
+    if (furthest_first) furthest_first->emplace_back(next_use(j), j);
+  }
+  if (furthest_first) std::sort(furthest_first->begin(), furthest_first->end(), std::greater<>());
+  return bytes;
 }
 
 void ChunkManager::note_use(int i) {
   if (trace_state_ == 1) trace_.push_back(i);
-  if (cached_[i] && tier_resident_[i]) ++cache_hits_;
+  if (cached_[i]) ++cache_hits_;
   ++uses_;
 }
 
@@ -325,35 +340,24 @@ int64_t ChunkManager::next_use(int j) const {
 
 bool ChunkManager::admit(int i, bool evict) {
   if (cache_capacity_ <= 0) return false;
-  const auto bytes = [this](int j) { return offloaded_[j].numel * 4; };
-  const int64_t need = bytes(i);
+  const int64_t need = shard_bytes(i);
   if (need > cache_capacity_) return false;
-  int64_t used = 0;
-  std::vector<std::pair<int64_t, int>> others;  // (next use, shard) of the other cached shards
-  for (int j = 0; j < static_cast<int>(offloaded_.size()); ++j)
-    if (j != i && cached_[j] && tier_resident_[j]) {
-      used += bytes(j);
-      others.emplace_back(next_use(j), j);
-    }
+  std::vector<std::pair<int64_t, int>> others;  // (next use, shard) of the other cached shards, furthest first
+  int64_t used = cached_shards(i, evict ? &others : nullptr);
   if (used + need > cache_capacity_) {
     if (!evict) return false;
     // Belady: free the shards needed furthest in the future, unless this one is needed later than they are.
     const int64_t mine = next_use(i);
-    std::sort(others.begin(), others.end(), std::greater<>());
     std::vector<int> victims;
     for (const auto& [when, j] : others) {
       if (used + need <= cache_capacity_) break;
       if (when <= mine) return false;
       if (chunks_[first_offloaded_ + j]->residency() != Chunk::Residency::kReleased) continue;  // its gather reads it
       victims.push_back(j);
-      used -= bytes(j);
+      used -= shard_bytes(j);
     }
     if (used + need > cache_capacity_) return false;
-    for (int j : victims) {
-      return_storage(tier_storage_[j], *cache_);
-      tier_resident_[j] = false;
-      cached_[j] = false;
-    }
+    for (int j : victims) drop_shard(j);
   }
   cached_[i] = true;
   return true;
@@ -368,28 +372,13 @@ void ChunkManager::set_cache_capacity(int64_t bytes) {
   cache_capacity_ = std::max<int64_t>(0, bytes);
   // Over the new capacity: free the shards needed furthest in the future (whose chunks are not gathered).
   std::vector<std::pair<int64_t, int>> held;
-  int64_t used = 0;
-  for (int j = 0; j < static_cast<int>(offloaded_.size()); ++j)
-    if (cached_[j] && tier_resident_[j]) {
-      used += offloaded_[j].numel * 4;
-      held.emplace_back(next_use(j), j);
-    }
-  std::sort(held.begin(), held.end(), std::greater<>());
+  int64_t used = cached_shards(-1, &held);
   for (const auto& [when, j] : held) {
     if (used <= cache_capacity_) break;
     if (chunks_[first_offloaded_ + j]->residency() != Chunk::Residency::kReleased) continue;
-    return_storage(tier_storage_[j], *cache_);
-    tier_resident_[j] = false;
-    cached_[j] = false;
-    used -= offloaded_[j].numel * 4;
+    drop_shard(j);
+    used -= shard_bytes(j);
   }
-}
-
-int64_t ChunkManager::shard_cache_bytes() const {
-  int64_t bytes = 0;
-  for (size_t j = 0; j < offloaded_.size(); ++j)
-    if (cached_[j] && tier_resident_[j]) bytes += offloaded_[j].numel * 4;
-  return bytes;
 }
 
 std::pair<float*, float*> ChunkManager::optimizer_visit(int i) {

@@ -214,8 +214,8 @@ class ChunkManager {
   // Turns the cache on (bytes > 0) or off (0: every cached shard freed). Ends the trace if it is still recording.
   void set_cache_capacity(int64_t bytes);
   int64_t cache_capacity() const { return cache_capacity_; }
-  int64_t shard_cache_bytes() const;      // offloaded shards resident in the cache now
-  bool shard_cached(int c) const { return tier_index(c) >= 0 && cached_[tier_index(c)] && tier_resident_[tier_index(c)]; }
+  int64_t shard_cache_bytes() const { return cached_shards(-1, nullptr); }  // offloaded shards cached now
+  bool shard_cached(int c) const { return tier_index(c) >= 0 && cached_[tier_index(c)]; }
   int64_t cache_hits() const { return cache_hits_; }  // uses that found their shard cached
   const std::vector<int>& trace() const { return trace_; }  // the recorded uses (tier indices of offloaded_)
   // The optimizer's visit of offloaded shard i (a use; StreamedStep::ParamCache): where its values are resident
@@ -243,6 +243,11 @@ class ChunkManager {
   void note_use(int i);
   int64_t next_use(int j) const;
   bool admit(int i, bool evict);
+  // Offloaded shard i's bytes; freeing its resident copy (cached or read back); the bytes of the cached shards but
+  // `except`, with (next use, shard) of each, furthest first, into `furthest_first` unless null.
+  int64_t shard_bytes(int i) const { return offloaded_[i].numel * 4; }
+  void drop_shard(int i);
+  int64_t cached_shards(int except, std::vector<std::pair<int64_t, int>>* furthest_first) const;
   void on_grad_ready(int param);
   void launch_ready_reductions();
   void wait_oldest_reduction();
@@ -269,7 +274,8 @@ class ChunkManager {
   std::vector<c10::Storage> tier_storage_;   // per offloaded chunk: its shard's storage (nbytes 0 when evicted)
   std::vector<AioTicket> tier_reads_;        // per offloaded chunk: the read in flight (0: none)
   std::vector<bool> tier_resident_;          // per offloaded chunk: its storage holds (or is receiving) the shard
-  // The shard cache: per offloaded chunk, whether it stays resident after its use; the capacity; the trace (0: not
+  // The shard cache: per offloaded chunk, whether it stays resident after its use (only while tier_resident_); the
+  // capacity; the trace (0: not
   // begun, 1: recording, 2: done) with each shard's positions in it; uses so far this step; hits.
   std::vector<bool> cached_;
   int64_t cache_capacity_ = 0, uses_ = 0, cache_hits_ = 0;
