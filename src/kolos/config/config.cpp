@@ -102,6 +102,7 @@ void for_each_key(Config& c, F&& f) {
   f("memory", "offload_optim_frac", mm.offload_optim_frac);
   f("memory", "offload_param_frac", mm.offload_param_frac);
   f("memory", "offload_grads", mm.offload_grads);
+  f("memory", "overlap_step", mm.overlap_step);
   auto& ds = c.dist;
   f("dist", "backend", ds.backend);
   f("dist", "timeout_s", ds.timeout_s);

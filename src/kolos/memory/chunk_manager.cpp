@@ -281,7 +281,9 @@ ChunkManager::~ChunkManager() {
 
 void ChunkManager::fetch_shard(int c) {
   const int i = tier_index(c);
-  if (i < 0 || tier_resident_[i]) return;
+  if (i < 0) return;
+  settle(i);
+  if (tier_resident_[i]) return;
   const TierShard& sh = offloaded_[i];
   refill_storage(tier_storage_[i], sh.numel, *cache_);
   tier_reads_[i] = options_.tier->read(sh.region, 0, tier_storage_[i].data(), sh.region.bytes);
@@ -308,6 +310,7 @@ void ChunkManager::evict_shard(int c) {
 }
 
 void ChunkManager::drop_shard(int i) {
+  settle(i);
   return_storage(tier_storage_[i], *cache_);
   tier_resident_[i] = false;
   cached_[i] = false;
@@ -646,6 +649,7 @@ void ChunkManager::wait_oldest_reduction() {
 
 void ChunkManager::write_grad_shard(int c, at::Tensor buffer) {
   const int i = tier_index(c);
+  settle(i);
   const TierShard& sh = offloaded_[i];
   const at::Tensor& values = buffer.defined() ? buffer : chunks_[c]->grad_shard();
   grad_sq_[i] = optim::sum_of_squares(values);

@@ -85,6 +85,11 @@
 // shard only into free room (the step's windows point into the cached shards). The cache changes no value: a cached
 // shard equals its tier copy.
 //
+// The update fence (set_update_fence; memory/offload.h's overlapped step): the optimizer may still be updating the
+// offloaded shards on a worker thread while the next step's forward runs. Before the manager reads or frees an
+// offloaded shard (its region, its resident or cached copy) or writes its gradient region, it calls the fence with
+// the shard's index, which returns once the optimizer is done with that shard.
+//
 // Lifetime: the manager must outlive every autograd graph built with its parameters (its hooks and nodes point at
 // it); the Comm outlives the manager. Not thread-safe.
 #pragma once
@@ -222,6 +227,8 @@ class ChunkManager {
   // (read them from there, not from the tier; null: read the tier), and where to copy the updated values (null:
   // nowhere; the tier is written either way).
   std::pair<float*, float*> optimizer_visit(int i);
+  // See "The update fence" above (empty: none).
+  void set_update_fence(std::function<void(int)> fence) { fence_ = std::move(fence); }
 
  private:
   class ReadyHook;
@@ -234,6 +241,10 @@ class ChunkManager {
   // Parameter offload: chunk c's shard (index into offloaded_ via tier_index): start reading it back, wait for it,
   // free it. No-ops for resident chunks and as the state requires.
   int tier_index(int c) const { return c - first_offloaded_; }
+  void settle(int i) const {
+    if (fence_) fence_(i);
+  }
+  std::function<void(int)> fence_;
   void fetch_shard(int c);
   void wait_shard(int c);
   void evict_shard(int c);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kolos/core/error.h"
+#include "kolos/core/timer.h"
 
 namespace kolos::memory {
 
@@ -64,6 +65,13 @@ StreamedStep::StreamedStep(optim::Optimizer& optimizer, TierStore& store, int64_
       windows_.push_back({static_cast<int>(segments_.size()), w, std::min(seg.end, w + options_.window_elements)});
     segments_.push_back(std::move(seg));
   }
+  std::vector<int> last(shards_.size(), -1);
+  for (size_t i = 0; i < windows_.size(); ++i)
+    if (segments_[windows_[i].segment].shard >= 0) last[segments_[windows_[i].segment].shard] = static_cast<int>(i);
+  last_of_shard_.assign(windows_.size(), -1);
+  for (size_t s = 0; s < shards_.size(); ++s)
+    if (last[s] >= 0) last_of_shard_[last[s]] = static_cast<int>(s);
+  settled_ = static_cast<int>(shards_.size());
   const bool any_state = std::any_of(segments_.begin(), segments_.end(), [](const Segment& s) { return !s.state.empty(); });
   staging_.resize(options_.staging);
   cached_.assign(shards_.size(), {nullptr, nullptr});
@@ -82,6 +90,58 @@ StreamedStep::StreamedStep(optim::Optimizer& optimizer, TierStore& store, int64_
         for (int64_t at = 0; at < region.bytes; at += zeros.bytes())
           store_.wait(store_.write(region, at, zeros.data(), std::min(zeros.bytes(), region.bytes - at)));
   }
+}
+
+StreamedStep::~StreamedStep() {
+  try {
+    finish();
+  } catch (...) {
+    // The step's error: whoever waited first reported it, or the run is already failing.
+  }
+}
+
+bool StreamedStep::overlappable() const {
+  if (shards_.empty() || start_ != shards_.front().begin) return false;  // parameters of a window resident
+  return std::all_of(shards_.begin(), shards_.end(), [](const TierShard& s) { return s.grad_region.id >= 0; });
+}
+
+void StreamedStep::mark_settled(int shards) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    settled_ = std::max(settled_, shards);
+  }
+  settled_cv_.notify_all();
+}
+
+void StreamedStep::written(size_t w) {
+  if (last_of_shard_[w] >= 0) mark_settled(last_of_shard_[w] + 1);
+}
+
+void StreamedStep::settle(int shard) {
+  if (!worker_.joinable()) return;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (settled_ <= shard && !worker_done_) {
+      Timer waited;
+      settled_cv_.wait(lock, [&] { return settled_ > shard || worker_done_; });
+      settle_wait_ms_ += waited.ms();
+    }
+    if (!worker_done_) return;
+  }
+  finish();  // done (or failed): joined here, the error rethrown
+}
+
+void StreamedStep::finish() {
+  if (!worker_.joinable()) return;
+  Timer waited;
+  worker_.join();
+  settle_wait_ms_ += waited.ms();
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::swap(error, error_);
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 int64_t StreamedStep::staging_bytes() const {
@@ -103,12 +163,12 @@ void StreamedStep::start_reads(size_t i) {
   const Segment& seg = segments_[w.segment];
   Staging& st = staging_[i % staging_.size()];
   wait_all(store_, st.writes);  // the set's previous window is on the tier
+  if (i >= staging_.size()) written(i - staging_.size());
   const int64_t bytes = align_up((w.end - w.begin) * 4);
   for (size_t k = 0; k < seg.state.size(); ++k)
     st.reads.push_back(store_.read(seg.state[k], (w.begin - seg.begin) * 4, st.state[k].data(), bytes));
   if (seg.shard >= 0) {
     const TierShard& sh = shards_[seg.shard];
-    if (param_cache_ && w.begin == sh.begin) cached_[seg.shard] = param_cache_(seg.shard);  // its first window
     if (const float* src = cached_[seg.shard].first) {  // resident: copied, not read
       std::memcpy(st.params.data(), src + (w.begin - sh.begin), static_cast<size_t>((w.end - w.begin) * 4));
       std::memset(st.params.data() + (w.end - w.begin) * 4, 0,
@@ -135,11 +195,57 @@ void StreamedStep::start_writes(size_t i) {
 }
 
 void StreamedStep::step(double lr, double grad_scale) {
+  finish();
   optimizer_.begin_step();
+  // The cache's answers for every shard, in the order the windows come: nothing else changes the cache during the
+  // step, so asking up front is asking at each shard's first window.
+  if (param_cache_)
+    for (size_t s = 0; s < shards_.size(); ++s) cached_[s] = param_cache_(static_cast<int>(s));
+  if (options_.overlap && overlappable() && !windows_.empty()) {
+    if (start_ > 0) optimizer_.update(lr, grad_scale, optimizer_.resident_window(0, start_));
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      settled_ = 0;
+      worker_done_ = false;
+      error_ = nullptr;
+    }
+    worker_ = std::thread([this, lr, grad_scale] {
+      std::exception_ptr error;
+      try {
+        stream(lr, grad_scale, false);
+      } catch (...) {
+        error = std::current_exception();
+        // Requests still in flight write into the staging buffers: waited (their errors are this one's echo).
+        for (auto& st : staging_)
+          for (auto* tickets : {&st.reads, &st.writes}) {
+            for (AioTicket t : *tickets) {
+              try {
+                store_.wait(t);
+              } catch (...) {
+              }
+            }
+            tickets->clear();
+          }
+        cached_.assign(shards_.size(), {nullptr, nullptr});
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        error_ = error;
+        settled_ = static_cast<int>(shards_.size());
+        worker_done_ = true;
+      }
+      settled_cv_.notify_all();
+    });
+    return;
+  }
+  stream(lr, grad_scale, true);
+}
+
+void StreamedStep::stream(double lr, double grad_scale, bool head) {
   const size_t n = windows_.size(), depth = staging_.size() - 1;
   for (size_t i = 0; i < std::min(depth, n); ++i) start_reads(i);
   // The resident head while the first windows are read.
-  if (start_ > 0) optimizer_.update(lr, grad_scale, optimizer_.resident_window(0, start_));
+  if (head && start_ > 0) optimizer_.update(lr, grad_scale, optimizer_.resident_window(0, start_));
   for (size_t i = 0; i < n; ++i) {
     const Window& w = windows_[i];
     const Segment& seg = segments_[w.segment];
@@ -167,9 +273,11 @@ void StreamedStep::step(double lr, double grad_scale) {
     wait_all(store_, st.writes);
   }
   cached_.assign(shards_.size(), {nullptr, nullptr});
+  mark_settled(static_cast<int>(shards_.size()));
 }
 
 at::Tensor StreamedStep::read_state(int k) {
+  finish();
   at::Tensor out = at::empty({numel_}, at::kFloat);
   const at::Tensor& head = optimizer_.state().at(k).second;
   out.narrow(0, 0, state_begin_).copy_(head);
@@ -185,6 +293,7 @@ at::Tensor StreamedStep::read_state(int k) {
 void StreamedStep::write_state(int k, const at::Tensor& values) {
   KOLOS_ASSERT(values.numel() == numel_ && values.scalar_type() == at::kFloat, "state buffer {}: {} elements expected",
                k, numel_);
+  finish();
   const at::Tensor v = values.contiguous();
   at::Tensor head = optimizer_.state().at(k).second;  // shares the optimizer's buffer
   head.copy_(v.narrow(0, 0, state_begin_));

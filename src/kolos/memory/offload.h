@@ -25,16 +25,32 @@
 // element is updated by the same kernel as without offload: the step is bit-identical (optim/optimizer.h). All
 // writes are waited before step() returns (the next gathers read the parameters back).
 //
-// A parameter cache (set_param_cache; ChunkManager's shard cache under memory.placement = "auto"): at the first
-// window of each offloaded shard the step asks where that shard's values are resident — then its windows are copied
+// A parameter cache (set_param_cache; ChunkManager's shard cache under memory.placement = "auto"): at the start of
+// the step it asks, shard by shard in order, where each shard's values are resident — then its windows are copied
 // from there instead of read from the tier — and where its updated values should go besides the tier (either
 // may be null). The tier is written either way (it stays the shard's home), so the values are the same.
 //
-// Not thread-safe (the training thread).
+// The overlapped step (Options::overlap, where overlappable(): every streamed element is in an offloaded shard
+// whose gradient is on the tier too, so the step reads nothing the training thread writes before the next
+// backward). step() updates the resident head, asks the parameter cache, and returns; a worker thread streams the
+// windows as above, and after the writes of a shard's last window have completed it marks that shard settled.
+// The training thread goes on with the next step's forward, and whatever touches an offloaded shard (its region,
+// its gradient region, a cached copy) first calls settle(shard), which blocks until the worker is done with it —
+// ChunkManager's update fence. So the next forward's compute runs behind the step's IO, and its gathers follow the
+// step shard by shard; the values are the same as the step without overlap, bit for bit. finish() waits for the
+// whole step (step(), read_state, write_state and the destructor call it); the worker's error (a full disk) is
+// rethrown by whichever of settle() and finish() sees it first.
+//
+// Thread-safety: the methods from one thread (the training thread); the worker uses only the optimizer's update,
+// the store's read/write/wait and the staging buffers while a step is in flight.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -59,6 +75,7 @@ class StreamedStep {
     // 4 MiB of fp32 per buffer; a multiple of kAlignElements. Capped at the longest segment (aligned up).
     int64_t window_elements = int64_t{1} << 20;
     int staging = 3;                             // staging sets (>= 2): read-ahead of staging − 2 windows
+    bool overlap = false;                        // step() leaves the streamed windows to a worker (overlappable())
   };
 
   // `optimizer`: element-wise, built with resident_state = state_begin and resident_params = the first shard's
@@ -67,8 +84,23 @@ class StreamedStep {
   StreamedStep(optim::Optimizer& optimizer, TierStore& store, int64_t state_begin, std::vector<TierShard> shards,
                Options options);
 
-  // One optimizer step (Optimizer::step's contract) over the resident head and the streamed tail.
+  ~StreamedStep();  // finishes a step in flight (its error is dropped: logged by nobody, the run is failing)
+  StreamedStep(const StreamedStep&) = delete;
+  StreamedStep& operator=(const StreamedStep&) = delete;
+
+  // One optimizer step (Optimizer::step's contract) over the resident head and the streamed tail; with
+  // Options::overlap and overlappable(), the tail is still in flight when it returns (see the header comment).
   void step(double lr, double grad_scale);
+
+  // Every streamed element is in an offloaded shard with its gradient on the tier.
+  bool overlappable() const;
+  // Blocks until the step in flight (if any) is done with shard `shard` (index into `shards`); rethrows its error.
+  void settle(int shard);
+  // Blocks until the step in flight (if any) is done; rethrows its error.
+  void finish();
+  bool in_flight() const { return worker_.joinable(); }
+  // The training thread's time blocked in settle() and finish() (what the step's IO did not hide), milliseconds.
+  double settle_wait_ms() const { return settle_wait_ms_; }
 
   // Shard index (into `shards`) -> (resident values to read, or null; where to copy the updated values, or null).
   // Both stay valid until step() returns.
@@ -103,6 +135,11 @@ class StreamedStep {
   };
   void start_reads(size_t window);
   void start_writes(size_t window);
+  // The streamed windows of one step (after begin_step, the head and the cache's answers).
+  void stream(double lr, double grad_scale, bool head);
+  // Window `w`'s writes have completed: the shard whose last window it is, if any, is settled.
+  void written(size_t w);
+  void mark_settled(int shards);
   static void wait_all(TierStore& store, std::vector<AioTicket>& tickets);
 
   optim::Optimizer& optimizer_;
@@ -115,6 +152,16 @@ class StreamedStep {
   std::vector<Staging> staging_;
   ParamCache param_cache_;
   std::vector<std::pair<float*, float*>> cached_;  // per shard, this step: param_cache_'s answer
+  std::vector<int> last_of_shard_;                  // per window: the shard whose last window it is, or -1
+
+  // The overlapped step: the worker, and the shards it has settled (all of them when none is in flight).
+  std::thread worker_;
+  std::mutex mutex_;
+  std::condition_variable settled_cv_;
+  int settled_ = 0;
+  bool worker_done_ = true;
+  std::exception_ptr error_;
+  double settle_wait_ms_ = 0;
 };
 
 }  // namespace kolos::memory

@@ -9,16 +9,19 @@ namespace kolos::memory {
 
 namespace {
 
-// Adds the time from construction to destruction (a throw included) to `total`.
+// Adds the time from construction to destruction (a throw included) to `total` (nanoseconds), when `counted`.
 class WaitClock {
  public:
-  explicit WaitClock(double& total) : total_(total) {}
-  ~WaitClock() { total_ += timer_.ms(); }
+  WaitClock(std::atomic<int64_t>& total, bool counted) : total_(total), counted_(counted) {}
+  ~WaitClock() {
+    if (counted_) total_ += static_cast<int64_t>(timer_.ms() * 1e6);
+  }
   WaitClock(const WaitClock&) = delete;
   WaitClock& operator=(const WaitClock&) = delete;
 
  private:
-  double& total_;
+  std::atomic<int64_t>& total_;
+  bool counted_;
   Timer timer_;
 };
 
@@ -110,18 +113,18 @@ void TierStore::wait(AioTicket ticket) {
     engine_->wait(ticket);
     return;
   }
-  WaitClock clock(wait_ms_);
+  WaitClock clock(wait_ns_, std::this_thread::get_id() == owner_);
   engine_->wait(ticket);
 }
 
 void TierStore::wait_all() {
   if (!engine_) return;
-  WaitClock clock(wait_ms_);
+  WaitClock clock(wait_ns_, std::this_thread::get_id() == owner_);
   engine_->wait_all();
 }
 
 int64_t TierStore::bytes_moved() const {
-  return engine_ ? engine_->bytes_read() + engine_->bytes_written() : host_bytes_;
+  return engine_ ? engine_->bytes_read() + engine_->bytes_written() : host_bytes_.load();
 }
 
 }  // namespace kolos::memory

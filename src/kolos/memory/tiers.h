@@ -17,13 +17,18 @@
 // spent blocked in wait/wait_all (what the moves did not hide behind compute; host moves never wait).
 //
 // Errors: a full disk (at allocate, where the swap file grows with fallocate, or at a write) throws InputError
-// naming the swap file (exit code 2). Thread-safety: allocate, read, write and wait may be called from one thread
-// at a time (the training thread); the nvme engine completes requests on its own threads.
+// naming the swap file (exit code 2). Thread-safety: allocate from one thread at a time (the training thread);
+// read, write and wait from any threads at once (the training thread and an overlapped optimizer step's worker,
+// memory/offload.h); wait_ms() counts only the waits of the thread that built the store (the training thread:
+// a worker's waits hide behind the training thread's compute). The nvme engine completes requests on its own
+// threads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kolos/config/config.h"
@@ -88,7 +93,7 @@ class TierStore {
   int64_t moves() const { return moves_; }
   int64_t bytes_moved() const;
   int64_t allocated_bytes() const { return allocated_bytes_; }
-  double wait_ms() const { return wait_ms_; }
+  double wait_ms() const { return static_cast<double>(wait_ns_.load()) / 1e6; }
 
  private:
   void check(const TierRegion& region, int64_t offset, const void* buffer, int64_t bytes) const;
@@ -97,8 +102,9 @@ class TierStore {
   std::vector<AlignedBuffer> host_;   // kHost: one buffer per region
   std::unique_ptr<SwapSpace> swap_;   // kNvme
   std::unique_ptr<AioEngine> engine_;
-  int64_t moves_ = 0, host_bytes_ = 0, allocated_bytes_ = 0;
-  double wait_ms_ = 0;
+  std::atomic<int64_t> moves_{0}, host_bytes_{0}, wait_ns_{0};
+  int64_t allocated_bytes_ = 0;
+  std::thread::id owner_ = std::this_thread::get_id();  // whose waits wait_ms() counts
 };
 
 }  // namespace kolos::memory

@@ -187,7 +187,10 @@ StepResult Trainer::train_step(int64_t step) {
   const int64_t accum = config_.train.grad_accum;
   auto& dp = *par_.data;
   model_->set_training(true);
-  const parallel::DataParallel::MemoryFigures tier_before = dp.memory_figures();
+  // The tier's figures since the end of the last step when its update was left in flight (it moved bytes since),
+  // else since now.
+  const parallel::DataParallel::MemoryFigures tier_before = in_flight_mark_ ? *in_flight_mark_ : dp.memory_figures();
+  in_flight_mark_.reset();
 
   // 1. Fetch this rank's micro-batches (the sampler fixes them from (seed, step, dp rank)).
   std::vector<data::Batch> micro;
@@ -311,16 +314,36 @@ StepResult Trainer::train_step(int64_t step) {
   r.step_ms = step_timer.ms();
   if ((r.offload = dp.offloading())) {
     const parallel::DataParallel::MemoryFigures f = dp.memory_figures();
-    r.mem_compute = f.compute;
-    r.mem_host = f.host;
-    r.mem_nvme = f.nvme;
-    r.chunk_moves = f.moves - tier_before.moves;
-    r.io_bytes = f.io_bytes - tier_before.io_bytes;
-    r.io_wait_ms = f.io_wait_ms - tier_before.io_wait_ms;
-    r.io_wait_optim_ms = f.io_wait_ms - wait_before_optim;
-    r.mem_cached = f.cached;
-    r.cache_hits = f.cache_hits - tier_before.cache_hits;
+    tier_figures(r, tier_before, f);
+    r.io_wait_optim_ms = r.io_wait_ms - (wait_before_optim - tier_before.io_wait_ms);
+    if (dp.optimizer_step_in_flight()) in_flight_mark_ = f;
   }
+  return r;
+}
+
+void Trainer::tier_figures(StepResult& r, const parallel::DataParallel::MemoryFigures& before,
+                           const parallel::DataParallel::MemoryFigures& f) {
+  r.mem_compute = f.compute;
+  r.mem_host = f.host;
+  r.mem_nvme = f.nvme;
+  r.chunk_moves = f.moves - before.moves;
+  r.io_bytes = f.io_bytes - before.io_bytes;
+  r.io_wait_ms = f.io_wait_ms - before.io_wait_ms;
+  r.mem_cached = f.cached;
+  r.cache_hits = f.cache_hits - before.cache_hits;
+}
+
+StepResult Trainer::finish_optimizer_step() {
+  StepResult r;
+  parallel::DataParallel& dp = *par_.data;
+  if (!(r.offload = dp.offloading())) return r;
+  const parallel::DataParallel::MemoryFigures before = in_flight_mark_ ? *in_flight_mark_ : dp.memory_figures();
+  in_flight_mark_.reset();
+  Timer timer;
+  dp.finish_optimizer_step();
+  r.step_ms = r.optim_ms = timer.ms();
+  tier_figures(r, before, dp.memory_figures());
+  r.io_wait_optim_ms = r.io_wait_ms;
   return r;
 }
 
@@ -771,6 +794,7 @@ nlohmann::json Trainer::train() {
       break;
     }
   }
+  par_.data->finish_optimizer_step();  // the last update's error (a full disk) surfaces here, not in a destructor
   elapsed_s_ += run_timer.seconds();
   progress.finish();
   std::signal(SIGINT, old_int);

@@ -107,8 +107,13 @@ class Trainer {
   // after writing a checkpoint when a signal arrived.
   nlohmann::json train();
 
-  // One optimizer step `step` (0-based).
+  // One optimizer step `step` (0-based). With ZeRO-3 offload its streamed update may still be in flight when it
+  // returns, overlapping the next step's forward (memory/offload.h); the next step's tier figures then count from
+  // the end of this one (an evaluation's gathers in between included), so every byte counts in one step.
   StepResult train_step(int64_t step);
+  // Waits for the last step's update still in flight: its wall time (step_ms, optim_ms) and the tier's traffic
+  // since the end of that step (offload false: nothing offloaded). Rethrows its error (a full disk).
+  StepResult finish_optimizer_step();
   // Mean validation loss (nats per token) over `batches` batches (0 = the whole split) and bits per byte.
   std::pair<double, double> evaluate(int64_t batches);
 
@@ -171,6 +176,12 @@ class Trainer {
   nlohmann::json comm_total_ = nlohmann::json::object();  // every collective of this run so far
   std::unique_ptr<models::Model> model_;
   std::unique_ptr<data::Loader> loader_;
+  // The tier's figures at the end of the last step, while its update was still in flight (memory.overlap_step):
+  // the next step's figures (or finish_optimizer_step's) count from here.
+  std::optional<parallel::DataParallel::MemoryFigures> in_flight_mark_;
+  // r's tier fields: the figures `f` now against `before` (memory.offload_*).
+  static void tier_figures(StepResult& r, const parallel::DataParallel::MemoryFigures& before,
+                           const parallel::DataParallel::MemoryFigures& f);
   parallel::Parallelized par_;
   std::unique_ptr<parallel::pipeline::Executor> pipe_;  // pp > 1
   int tied_param_ = -1;  // pp > 1: this stage's index of the tied embedding it shares with another stage

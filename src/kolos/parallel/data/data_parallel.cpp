@@ -177,10 +177,15 @@ void DataParallel::build_optimizer(optim::OptimizerBuffers ob) {
   if (chunks_) ob.resident_params = chunks_->shard_params().numel();
   if (chunks_) ob.resident_grads = chunks_->shard_grads().numel();
   optimizer_ = optim::make_optimizer(config_.optim, std::move(ob));
-  if (tier_) streamed_ = std::make_unique<memory::StreamedStep>(*optimizer_, *tier_, state_begin, shards,
-                                                                memory::StreamedStep::Options{});
+  // ZeRO-3 (memory.overlap_step): the step's IO overlaps the next forward where every streamed shard's gradient is
+  // on the tier (memory/offload.h "The overlapped step"); the chunk manager's gathers wait for their shards.
+  memory::StreamedStep::Options so;
+  so.overlap = chunks_ != nullptr && mc.overlap_step;
+  if (tier_) streamed_ = std::make_unique<memory::StreamedStep>(*optimizer_, *tier_, state_begin, shards, so);
   if (auto_placement())  // the optimizer's visits are uses of the shard cache, and fill it
     streamed_->set_param_cache([m = chunks_.get()](int shard) { return m->optimizer_visit(shard); });
+  if (streamed_ && chunks_ && streamed_->overlappable())
+    chunks_->set_update_fence([s = streamed_.get()](int shard) { s->settle(shard); });
 }
 
 bool DataParallel::auto_placement() const { return config_.memory.placement == "auto" && chunks_ != nullptr; }
@@ -211,7 +216,7 @@ DataParallel::MemoryFigures DataParallel::memory_figures() const {
     (tier_->tier() == memory::Tier::kNvme ? f.nvme : f.host) = tier_->allocated_bytes();
     f.moves = tier_->moves();
     f.io_bytes = tier_->bytes_moved();
-    f.io_wait_ms = tier_->wait_ms();
+    f.io_wait_ms = tier_->wait_ms() + (streamed_ ? streamed_->settle_wait_ms() : 0.0);
   }
   if (chunks_) {
     f.cached = chunks_->shard_cache_bytes();
@@ -222,6 +227,11 @@ DataParallel::MemoryFigures DataParallel::memory_figures() const {
 
 DataParallel::~DataParallel() {
   if (chunks_) model_.set_block_hooks({});
+  try {
+    finish_optimizer_step();  // its worker copies into the chunk manager's cached shards
+  } catch (...) {
+    // A full disk: reported by whoever waited first, or the run is already failing.
+  }
   try {
     for (auto& p : in_flight_) p.handle.wait();
   } catch (...) {
@@ -586,7 +596,12 @@ void DataParallel::reduce_sequence_sliced() {
   }
 }
 
+void DataParallel::finish_optimizer_step() {
+  if (streamed_) streamed_->finish();
+}
+
 double DataParallel::grad_norm() {
+  finish_optimizer_step();  // settled by the forward's gathers already; joined here
   at::NoGradGuard no_grad;
   const bool excluding = std::find(norm_excluded_.begin(), norm_excluded_.end(), true) != norm_excluded_.end();
   if (tp_ > 1 || excluding) {

@@ -120,6 +120,11 @@ class DataParallel {
   // The optimizer on this rank's shard with gradients multiplied by grad_scale, then the all-gather of the
   // parameters (zero >= 1). Collective at zero >= 1.
   void optimizer_step(double lr, double grad_scale);
+  // ZeRO-3 with offload: optimizer_step() may return with the streamed update still in flight, overlapping the next
+  // forward (memory/offload.h "The overlapped step"; everything that needs its results waits for them). This waits
+  // for it: for timing the last step, and before anything outside this class reads the tier. Rethrows its error.
+  void finish_optimizer_step();
+  bool optimizer_step_in_flight() const { return streamed_ && streamed_->in_flight(); }
 
   // The optimizer state as whole tensors named <state>.<param> (adamw, lamb: exp_avg, exp_avg_sq; sgd, lars, lion:
   // momentum), shaped like the parameters. Collective at zero >= 1 (every dp rank must call it; all get them).
