@@ -24,6 +24,11 @@
 # WORK keeps every run (default: a new temporary directory); rerunning with the same WORK reuses the runs that
 # finished with the same arguments, so an interrupted benchmark resumes at the run it was in.
 #
+# DATA (default: each recipe's data.path, the Moby-Dick byte corpus) sets data.path for every run: on Moby-Dick's 1.08M
+# training tokens the large batches overfit before they reach the baseline (bench/results/2026-11-29-large-batch-half.md);
+# DATA=.cache/data/sotu-byte (`make data`: 9.7M training tokens, the State of the Union addresses) keeps every run
+# within about one epoch.
+#
 # Every run uses train.dtype = DTYPE (default bf16: fp32 master weights and optimizer state, 2–3× faster here; its
 # final validation loss on the tiny recipe is within 0.04% of fp32's, bench/results/2026-11-28-mixed-precision.md).
 # Step counts, not times, are the result, so the machine's load does not change it.
@@ -39,7 +44,7 @@ BUDGET=${BUDGET:-0.25}
 PLOT=${PLOT:-bench/results/$(date +%F)-large-batch.png}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$WORK"
-export KOLOS LRS MAX_STEPS EVAL_EVERY EVAL_BATCHES DTYPE BUDGET PLOT WORK LAMB_LR=${LAMB_LR:-} LARS_LR=${LARS_LR:-}
+export KOLOS LRS MAX_STEPS EVAL_EVERY EVAL_BATCHES DTYPE BUDGET PLOT WORK LAMB_LR=${LAMB_LR:-} LARS_LR=${LARS_LR:-} DATA=${DATA:-}
 
 if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
   echo "installing python3-matplotlib for the plot" >&2
@@ -55,6 +60,8 @@ max_steps, eval_every = int(os.environ["MAX_STEPS"]), int(os.environ["EVAL_EVERY
 eval_batches, dtype = os.environ["EVAL_BATCHES"], os.environ["DTYPE"]
 common = ["--set", f"train.eval_batches={eval_batches}", "--set", "train.save_every=0",
           "--set", "train.sample_tokens=0", "--set", f"train.dtype={dtype}", "--set", "train.mfu=false"]
+if os.environ.get("DATA"):
+    common += ["--set", f"data.path={os.environ['DATA']}"]
 
 def train(name, recipe, sets):
     out = f"{work}/{name}"

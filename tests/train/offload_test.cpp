@@ -215,8 +215,8 @@ TEST(Offload, AutoPlacementUnderABudgetThatForcesEvictionIsBitIdentical) {
                               "memory.offload_optim_frac=1", swap}, -1);
   const Run tight = run({"memory.placement=auto", "memory.budget=64GiB", "memory.offload_tier=nvme", swap}, 40);
   const Run roomy = run({"memory.placement=auto", "memory.budget=64GiB", "memory.offload_tier=nvme", swap}, -1);
-  const Run tight_overlapped =
-      run({"memory.placement=auto", "memory.budget=64GiB", "memory.offload_tier=nvme", swap}, 40, true);
+  const Run tight_overlapped = run({"memory.placement=auto", "memory.budget=64GiB", "memory.offload_tier=nvme",
+                                    "memory.overlap_step=true", swap}, 40, true);
   for (const Run* r : {&all_static, &tight, &roomy, &tight_overlapped}) {
     ASSERT_EQ(r->losses.size(), plain.losses.size());
     for (size_t s = 0; s < plain.losses.size(); ++s) EXPECT_EQ(r->losses[s], plain.losses[s]) << "step " << s;
@@ -267,10 +267,11 @@ TEST(Offload, OneProcessZeroThreeWithEverythingOnNvmeIsBitIdenticalToNoOffload) 
                               "memory.offload_optim_frac=1"})
     offload.push_back(s);
   offload.push_back("memory.nvme_path=" + dir / "swap");
+  offload.push_back("memory.overlap_step=true");  // each update overlaps the next forward
   train::Trainer(load_config("tiny", base), options(dir / "plain")).train();
   train::Trainer(load_config("tiny", offload), options(dir / "nvme")).train();
   auto in_step = offload;  // the update completes inside its step
-  in_step.push_back("memory.overlap_step=false");
+  in_step.back() = "memory.overlap_step=false";
   train::Trainer(load_config("tiny", in_step), options(dir / "in_step")).train();
 
   // The final checkpoints (whole parameters and optimizer state) and every step's loss, bit for bit.

@@ -109,7 +109,7 @@ struct MemoryConfig {
   double offload_optim_frac = 0.0;
   double offload_param_frac = 0.0;
   bool offload_grads = false;  // the gradient shards of the chunks whose master parameters are offloaded, too
-  bool overlap_step = true;    // ZeRO-3 offload: the streamed optimizer step overlaps the next forward
+  bool overlap_step = false;   // ZeRO-3 offload: the streamed optimizer step overlaps the next forward
 };
 
 struct DistConfig {

@@ -184,7 +184,7 @@ void DataParallel::build_optimizer(optim::OptimizerBuffers ob) {
   if (tier_) streamed_ = std::make_unique<memory::StreamedStep>(*optimizer_, *tier_, state_begin, shards, so);
   if (auto_placement())  // the optimizer's visits are uses of the shard cache, and fill it
     streamed_->set_param_cache([m = chunks_.get()](int shard) { return m->optimizer_visit(shard); });
-  if (streamed_ && chunks_ && streamed_->overlappable())
+  if (so.overlap && streamed_ && streamed_->overlappable())
     chunks_->set_update_fence([s = streamed_.get()](int shard) { s->settle(shard); });
 }
 
