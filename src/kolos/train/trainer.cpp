@@ -315,7 +315,7 @@ StepResult Trainer::train_step(int64_t step) {
   if ((r.offload = dp.offloading())) {
     const parallel::DataParallel::MemoryFigures f = dp.memory_figures();
     tier_figures(r, tier_before, f);
-    r.io_wait_optim_ms = r.io_wait_ms - (wait_before_optim - tier_before.io_wait_ms);
+    r.io_wait_optim_ms = f.io_wait_ms - wait_before_optim;
     if (dp.optimizer_step_in_flight()) in_flight_mark_ = f;
   }
   return r;
@@ -336,9 +336,13 @@ void Trainer::tier_figures(StepResult& r, const parallel::DataParallel::MemoryFi
 StepResult Trainer::finish_optimizer_step() {
   StepResult r;
   parallel::DataParallel& dp = *par_.data;
-  if (!(r.offload = dp.offloading())) return r;
-  const parallel::DataParallel::MemoryFigures before = in_flight_mark_ ? *in_flight_mark_ : dp.memory_figures();
+  if (!in_flight_mark_) {  // no update was left in flight (or a later step counted it): nothing to add
+    dp.finish_optimizer_step();
+    return r;
+  }
+  const parallel::DataParallel::MemoryFigures before = *in_flight_mark_;
   in_flight_mark_.reset();
+  r.offload = true;
   Timer timer;
   dp.finish_optimizer_step();
   r.step_ms = r.optim_ms = timer.ms();

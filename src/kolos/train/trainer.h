@@ -112,7 +112,7 @@ class Trainer {
   // the end of this one (an evaluation's gathers in between included), so every byte counts in one step.
   StepResult train_step(int64_t step);
   // Waits for the last step's update still in flight: its wall time (step_ms, optim_ms) and the tier's traffic
-  // since the end of that step (offload false: nothing offloaded). Rethrows its error (a full disk).
+  // since the end of that step (offload false: that step left no update in flight). Rethrows its error (a full disk).
   StepResult finish_optimizer_step();
   // Mean validation loss (nats per token) over `batches` batches (0 = the whole split) and bits per byte.
   std::pair<double, double> evaluate(int64_t batches);
