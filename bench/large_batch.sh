@@ -16,10 +16,16 @@
 #      validation batches and stopped at the target (train.target_val_loss). A larger BUDGET measures how many
 #      steps each needs when a quarter is not enough. LAMB's lr is the best AdamW lr × √8 (the square-root scaling
 #      of You et al. 2019); LARS keeps its recipe's lr (8.0 with trust coefficient 0.001: an Adam lr does not carry over to LARS's
-#      layer-wise rate). LAMB_LR and LARS_LR override them.
+#      layer-wise rate). LAMB_LR and LARS_LR override them; each may be a space-separated list (a learning-rate
+#      search: one run per lr, named lamb-lr<lr> and lars-lr<lr>; each optimizer's result is its lr that reached the
+#      target in the fewest steps, or else its lowest validation loss).
 #   3. Output: a markdown table and a PNG plot (validation loss against optimizer steps and against tokens) at
 #      PLOT (default bench/results/<date>-large-batch.png; needs Debian's python3-matplotlib, installed with apt-get
 #      when missing), and a JSON line last.
+#
+# JOBS (default 1) runs that many trainings of a phase at once, each with train.threads = the cores ÷ JOBS (on these
+# 2 cores two runs of one thread each move 1.25× the tokens of one run of two threads; threads change only the order
+# of sums, so a rerun reuses runs whatever their thread count).
 #
 # WORK keeps every run (default: a new temporary directory); rerunning with the same WORK reuses the runs that
 # finished with the same arguments, so an interrupted benchmark resumes at the run it was in.
@@ -44,7 +50,8 @@ BUDGET=${BUDGET:-0.25}
 PLOT=${PLOT:-bench/results/$(date +%F)-large-batch.png}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$WORK"
-export KOLOS LRS MAX_STEPS EVAL_EVERY EVAL_BATCHES DTYPE BUDGET PLOT WORK LAMB_LR=${LAMB_LR:-} LARS_LR=${LARS_LR:-} DATA=${DATA:-}
+JOBS=${JOBS:-1}
+export KOLOS LRS MAX_STEPS JOBS EVAL_EVERY EVAL_BATCHES DTYPE BUDGET PLOT WORK LAMB_LR=${LAMB_LR:-} LARS_LR=${LARS_LR:-} DATA=${DATA:-}
 
 if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
   echo "installing python3-matplotlib for the plot" >&2
@@ -53,7 +60,7 @@ if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
 fi
 
 /usr/bin/python3 - <<'PY'
-import json, math, os, subprocess, sys
+import concurrent.futures, json, math, os, subprocess, sys
 
 kolos, work = os.environ["KOLOS"], os.environ["WORK"]
 max_steps, eval_every = int(os.environ["MAX_STEPS"]), int(os.environ["EVAL_EVERY"])
@@ -62,6 +69,9 @@ common = ["--set", f"train.eval_batches={eval_batches}", "--set", "train.save_ev
           "--set", "train.sample_tokens=0", "--set", f"train.dtype={dtype}", "--set", "train.mfu=false"]
 if os.environ.get("DATA"):
     common += ["--set", f"data.path={os.environ['DATA']}"]
+
+jobs = int(os.environ["JOBS"])
+threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0  # 0: the recipe's own (all cores)
 
 def train(name, recipe, sets):
     out = f"{work}/{name}"
@@ -72,9 +82,10 @@ def train(name, recipe, sets):
     if os.path.exists(done) and open(done).read() == " ".join(args[1:]):
         print(f"[{name}] finished before in {out}: reused", file=sys.stderr, flush=True)
     else:
-        print(f"[{name}] {' '.join(args)}", file=sys.stderr, flush=True)
+        run = args + (["--set", f"train.threads={threads}"] if threads else [])
+        print(f"[{name}] {' '.join(run)}", file=sys.stderr, flush=True)
         log = open(f"{work}/{name}.log", "w")
-        if subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+        if subprocess.run(run, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
             sys.exit(f"{name} failed: see {work}/{name}.log")
         open(done, "w").write(" ".join(args[1:]))
     evals, tokens_per_step = [], None
@@ -86,15 +97,19 @@ def train(name, recipe, sets):
             evals.append((r["step"], r["val_loss"]))
     return {"name": name, "evals": evals, "tokens_per_step": tokens_per_step}
 
+def train_all(runs):  # [(name, recipe, sets)] → results in the same order, JOBS at a time
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda r: train(*r), runs))
+
 # 1. Baseline.
-baselines = []
-for lr in os.environ["LRS"].split():
-    r = train(f"adamw-lr{lr}", "tiny", [f"optim.lr={lr}", f"optim.min_lr={float(lr) / 10:g}", "optim.warmup_steps=50",
-                                         f"train.steps={max_steps}", f"train.eval_every={eval_every}",
-                                         f"train.log_every={eval_every}", "train.early_stop=3"])
+lrs = os.environ["LRS"].split()
+baselines = train_all([(f"adamw-lr{lr}", "tiny", [f"optim.lr={lr}", f"optim.min_lr={float(lr) / 10:g}",
+                                                  "optim.warmup_steps=50", f"train.steps={max_steps}",
+                                                  f"train.eval_every={eval_every}", f"train.log_every={eval_every}",
+                                                  "train.early_stop=3"]) for lr in lrs])
+for r, lr in zip(baselines, lrs):
     r["lr"] = float(lr)
     r["best_step"], r["best"] = min(r["evals"], key=lambda e: (e[1], e[0]))
-    baselines.append(r)
     print(f"[{r['name']}] best val_loss {r['best']:.4f} at step {r['best_step']}", file=sys.stderr, flush=True)
 base = min(baselines, key=lambda r: r["best"])
 target, base_steps = base["best"], base["best_step"]
@@ -103,17 +118,23 @@ target, base_steps = base["best"], base["best_step"]
 budget = float(os.environ["BUDGET"])
 steps = math.ceil(base_steps * budget)
 every = max(1, min(eval_every, math.ceil(steps / 20)))
-large = []
-for name, recipe, lr in (("lamb", "lamb", os.environ["LAMB_LR"] or f"{base['lr'] * math.sqrt(8):.6g}"),
-                         ("lars", "lars", os.environ["LARS_LR"] or "8.0")):
-    r = train(name, recipe, [f"optim.lr={lr}", f"train.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
-                             f"train.eval_every={every}", f"train.log_every={every}",
-                             f"train.target_val_loss={target:.17g}"])
-    r["lr"] = float(lr)
+runs = []
+for opt, default_lr in (("lamb", f"{base['lr'] * math.sqrt(8):.6g}"), ("lars", "8.0")):
+    for lr in (os.environ[f"{opt.upper()}_LR"] or default_lr).split():
+        runs.append((opt, float(lr), (f"{opt}-lr{float(lr):g}", opt,
+                     [f"optim.lr={lr}", f"train.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
+                      f"train.eval_every={every}", f"train.log_every={every}",
+                      f"train.target_val_loss={target:.17g}"])))
+large = train_all([spec for _, _, spec in runs])
+for r, (opt, lr, _) in zip(large, runs):
+    r["opt"], r["lr"] = opt, lr
     reached = [s for s, v in r["evals"] if v <= target]
     r["reached_step"] = reached[0] if reached else None
     r["best_step"], r["best"] = min(r["evals"], key=lambda e: (e[1], e[0]))
-    large.append(r)
+# Each optimizer's result: its lr that reached the target in the fewest steps, else its lowest validation loss.
+chosen = {opt: min((r for r in large if r["opt"] == opt),
+                   key=lambda r: (r["reached_step"] is None, r["reached_step"] or 0, r["best"]))
+          for opt in ("lamb", "lars")}
 
 # 3. Report.
 print(f"\nbaseline: AdamW, batch 8 × 256 tokens; best lr {base['lr']:g}: best val_loss {target:.4f} at step "
@@ -127,7 +148,9 @@ for r in baselines:
 for r in large:
     got = r["reached_step"]
     ratio = f"{got / base_steps:.3f}" if got else f"not within {steps} (= {budget:g} ×)"
-    print(f"| {r['name'].upper()} | 64 | {r['lr']:g} | {got if got else '—'} | {ratio} | {r['best']:.4f} ({r['best_step']}) |")
+    mark = " (its best lr)" if chosen[r["opt"]] is r and sum(x["opt"] == r["opt"] for x in large) > 1 else ""
+    print(f"| {r['opt'].upper()}{mark} | 64 | {r['lr']:g} | {got if got else '—'} | {ratio} | "
+          f"{r['best']:.4f} ({r['best_step']}) |")
 
 plot = os.environ["PLOT"]
 try:
@@ -136,7 +159,7 @@ try:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in baselines + large:
-        label = f"{'AdamW' if r in baselines else r['name'].upper()} lr {r['lr']:g}, batch {'8' if r in baselines else '64'}"
+        label = f"{'AdamW' if r in baselines else r['opt'].upper()} lr {r['lr']:g}, batch {'8' if r in baselines else '64'}"
         xs = [s for s, _ in r["evals"]]
         ys = [v for _, v in r["evals"]]
         axes[0].plot(xs, ys, marker=".", label=label)
@@ -163,11 +186,14 @@ out = {"bench": "large_batch", "dtype": dtype, "baseline_lr": base["lr"], "basel
 for r in baselines:
     out[f"adamw_lr{r['lr']:g}_best"] = round(r["best"], 5)
     out[f"adamw_lr{r['lr']:g}_best_step"] = r["best_step"]
+for opt, r in chosen.items():
+    out[f"{opt}_lr"] = r["lr"]
+    out[f"{opt}_steps_to_target"] = r["reached_step"]
+    out[f"{opt}_ratio"] = round(r["reached_step"] / base_steps, 4) if r["reached_step"] else None
+    out[f"{opt}_best"] = round(r["best"], 5)
 for r in large:
-    out[f"{r['name']}_lr"] = r["lr"]
-    out[f"{r['name']}_steps_to_target"] = r["reached_step"]
-    out[f"{r['name']}_ratio"] = round(r["reached_step"] / base_steps, 4) if r["reached_step"] else None
-    out[f"{r['name']}_best"] = round(r["best"], 5)
-out["goal_met"] = all(r["reached_step"] is not None and r["reached_step"] <= base_steps / 4 for r in large)
+    out[f"{r['opt']}_lr{r['lr']:g}_steps_to_target"] = r["reached_step"]
+    out[f"{r['opt']}_lr{r['lr']:g}_best"] = round(r["best"], 5)
+out["goal_met"] = all(r["reached_step"] is not None and r["reached_step"] <= base_steps / 4 for r in chosen.values())
 print(json.dumps(out))
 PY
