@@ -18,17 +18,20 @@
 #      of You et al. 2019); LARS keeps its recipe's lr (8.0 with trust coefficient 0.001: an Adam lr does not carry over to LARS's
 #      layer-wise rate). LAMB_LR and LARS_LR override them; each may be a space-separated list (a learning-rate
 #      search: one run per lr, named lamb-lr<lr> and lars-lr<lr>; each optimizer's result is its lr that reached the
-#      target in the fewest steps, or else its lowest validation loss).
+#      target in the fewest steps, or else its lowest validation loss). LAMB's lr is relative to each tensor's norm,
+#      so the √8 rule on an AdamW lr is only a starting point: on the State of the Union corpus it gives 2.83e-3, and
+#      LAMB's best was 2e-2 (bench/results/2026-11-30-large-batch-sotu.md) — search it.
 #   3. Output: a markdown table and a PNG plot (validation loss against optimizer steps and against tokens) at
 #      PLOT (default bench/results/<date>-large-batch.png; needs Debian's python3-matplotlib, installed with apt-get
 #      when missing), and a JSON line last.
 #
 # JOBS (default 1) runs that many trainings of a phase at once, each with train.threads = the cores ÷ JOBS (on these
-# 2 cores two runs of one thread each move 1.25× the tokens of one run of two threads; threads change only the order
+# 2 cores two runs of one thread each moved 1.25–1.5× the tokens of one run of two threads; threads change only the order
 # of sums, so a rerun reuses runs whatever their thread count).
 #
 # WORK keeps every run (default: a new temporary directory); rerunning with the same WORK reuses the runs that
 # finished with the same arguments, so an interrupted benchmark resumes at the run it was in.
+# (The arguments, not the recipes' contents: after editing configs/lamb.toml or lars.toml use a new WORK.)
 #
 # DATA (default: each recipe's data.path, the Moby-Dick byte corpus) sets data.path for every run: on Moby-Dick's 1.08M
 # training tokens the large batches overfit before they reach the baseline (bench/results/2026-11-29-large-batch-half.md);
