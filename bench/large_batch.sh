@@ -98,7 +98,8 @@ def train(name, recipe, sets):
             tokens_per_step = r["tokens"] / r["step"]
         if "val_loss" in r and "loss" in r:  # evaluations during training (the final one repeats the last)
             evals.append((r["step"], r["val_loss"]))
-    return {"name": name, "evals": evals, "tokens_per_step": tokens_per_step}
+    best_step, best = min(evals, key=lambda e: (e[1], e[0]))  # the lowest evaluation, the earliest of equals
+    return {"name": name, "evals": evals, "tokens_per_step": tokens_per_step, "best_step": best_step, "best": best}
 
 def train_all(runs):  # [(name, recipe, sets)] → results in the same order, JOBS at a time
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -112,7 +113,6 @@ baselines = train_all([(f"adamw-lr{lr}", "tiny", [f"optim.lr={lr}", f"optim.min_
                                                   "train.early_stop=3"]) for lr in lrs])
 for r, lr in zip(baselines, lrs):
     r["lr"] = float(lr)
-    r["best_step"], r["best"] = min(r["evals"], key=lambda e: (e[1], e[0]))
     print(f"[{r['name']}] best val_loss {r['best']:.4f} at step {r['best_step']}", file=sys.stderr, flush=True)
 base = min(baselines, key=lambda r: r["best"])
 target, base_steps = base["best"], base["best_step"]
@@ -133,7 +133,6 @@ for r, (opt, lr, _) in zip(large, runs):
     r["opt"], r["lr"] = opt, lr
     reached = [s for s, v in r["evals"] if v <= target]
     r["reached_step"] = reached[0] if reached else None
-    r["best_step"], r["best"] = min(r["evals"], key=lambda e: (e[1], e[0]))
 # Each optimizer's result: its lr that reached the target in the fewest steps, else its lowest validation loss.
 chosen = {opt: min((r for r in large if r["opt"] == opt),
                    key=lambda r: (r["reached_step"] is None, r["reached_step"] or 0, r["best"]))
