@@ -12,11 +12,12 @@
 #      is the baseline's step count.
 #   2. LAMB (configs/lamb.toml) and LARS (configs/lars.toml), both at 8× the batch (train.global_batch = 64), with
 #      their schedules fitted to BUDGET × the baseline's steps (default 0.25, the goal: train.steps =
-#      ⌈BUDGET·baseline⌉, warmup a tenth of that), evaluated every ⌈steps/20⌉ steps (at most EVAL_EVERY) on the same
-#      validation batches and stopped at the target (train.target_val_loss). A larger BUDGET measures how many
+#      ⌈BUDGET·baseline⌉, warmup the recipe's fraction of that: warmup_steps / steps, a tenth for LAMB, a fifth for
+#      LARS), evaluated every ⌈steps/20⌉ steps (at most EVAL_EVERY) on the same validation batches, and at the end,
+#      and stopped at the target (train.target_val_loss). A larger BUDGET measures how many
 #      steps each needs when a quarter is not enough. LAMB's lr is the best AdamW lr × √8 (the square-root scaling
-#      of You et al. 2019); LARS keeps its recipe's lr (8.0 with trust coefficient 0.001: an Adam lr does not carry over to LARS's
-#      layer-wise rate). LAMB_LR and LARS_LR override them; each may be a space-separated list (a learning-rate
+#      of You et al. 2019); LARS keeps its recipe's lr (read from configs/lars.toml, with trust coefficient 0.001: an
+#      Adam lr does not carry over to LARS's layer-wise rate). LAMB_LR and LARS_LR override them; each may be a space-separated list (a learning-rate
 #      search: one run per lr, named lamb-lr<lr> and lars-lr<lr>; each optimizer's result is its lr that reached the
 #      target in the fewest steps, or else its lowest validation loss). LAMB's lr is relative to each tensor's norm,
 #      so the √8 rule on an AdamW lr is only a starting point: on the State of the Union corpus it gives 2.83e-3, and
@@ -63,7 +64,7 @@ if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
 fi
 
 /usr/bin/python3 - <<'PY'
-import concurrent.futures, json, math, os, subprocess, sys
+import concurrent.futures, json, math, os, subprocess, sys, tomllib
 
 kolos, work = os.environ["KOLOS"], os.environ["WORK"]
 max_steps, eval_every = int(os.environ["MAX_STEPS"]), int(os.environ["EVAL_EVERY"])
@@ -96,7 +97,8 @@ def train(name, recipe, sets):
         r = json.loads(line)
         if "loss" in r and r.get("step"):
             tokens_per_step = r["tokens"] / r["step"]
-        if "val_loss" in r and "loss" in r:  # evaluations during training (the final one repeats the last)
+        # evaluations during training, and the final one unless it repeats the last (steps a multiple of eval_every)
+        if "val_loss" in r and not (evals and evals[-1][0] == r["step"]):
             evals.append((r["step"], r["val_loss"]))
     best_step, best = min(evals, key=lambda e: (e[1], e[0]))  # the lowest evaluation, the earliest of equals
     return {"name": name, "evals": evals, "tokens_per_step": tokens_per_step, "best_step": best_step, "best": best}
@@ -122,10 +124,13 @@ budget = float(os.environ["BUDGET"])
 steps = math.ceil(base_steps * budget)
 every = max(1, min(eval_every, math.ceil(steps / 20)))
 runs = []
-for opt, default_lr in (("lamb", f"{base['lr'] * math.sqrt(8):.6g}"), ("lars", "8.0")):
+recipes = {opt: tomllib.load(open(f"configs/{opt}.toml", "rb")) for opt in ("lamb", "lars")}
+for opt, default_lr in (("lamb", f"{base['lr'] * math.sqrt(8):.6g}"), ("lars", f"{recipes['lars']['optim']['lr']:g}")):
+    # warmup: the recipe's fraction of its steps (lamb 15/150, lars 30/150), of the budget's steps
+    warmup = max(1, int(steps * recipes[opt]["optim"]["warmup_steps"] / recipes[opt]["train"]["steps"]))
     for lr in (os.environ[f"{opt.upper()}_LR"] or default_lr).split():
         runs.append((opt, float(lr), (f"{opt}-lr{float(lr):g}", opt,
-                     [f"optim.lr={lr}", f"train.steps={steps}", f"optim.warmup_steps={max(1, steps // 10)}",
+                     [f"optim.lr={lr}", f"train.steps={steps}", f"optim.warmup_steps={warmup}",
                       f"train.eval_every={every}", f"train.log_every={every}",
                       f"train.target_val_loss={target:.17g}"])))
 large = train_all([spec for _, _, spec in runs])
