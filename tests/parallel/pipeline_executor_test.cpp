@@ -2,6 +2,7 @@
 // virtual stages, each x → tanh(x W_u), the last one's output reduced to a loss. Every schedule must give the
 // reference's loss and every W_u's gradient (accumulated over the micro-batches in the same order, so equal to
 // rounding), hold no more activation sets than the schedule says, and exchange one shape message per stage pair.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -18,15 +19,20 @@ namespace {
 
 constexpr int64_t kBatch = 3, kWidth = 6;  // activation messages of 72 bytes; shape messages are 64
 
+// Each call draws from a generator of its own: the thread ranks call these at the same time, and seeding and drawing
+// from the global generator there raced (a rank could get another rank's draws).
 at::Tensor weight(int u) {
-  at::manual_seed(100 + u);
-  return at::randn({kWidth, kWidth}, at::kFloat) * 0.5;
+  at::Generator gen = at::detail::createCPUGenerator(100 + u);
+  return at::randn({kWidth, kWidth}, gen, at::kFloat) * 0.5;
 }
 
 std::vector<MicroBatch> micro_batches(int m) {
-  at::manual_seed(7);
+  at::Generator gen = at::detail::createCPUGenerator(7);
   std::vector<MicroBatch> out;
-  for (int i = 0; i < m; ++i) out.push_back({at::randn({kBatch, kWidth}, at::kFloat), at::randn({kBatch, kWidth})});
+  for (int i = 0; i < m; ++i) {
+    at::Tensor input = at::randn({kBatch, kWidth}, gen, at::kFloat);
+    out.push_back({input, at::randn({kBatch, kWidth}, gen, at::kFloat)});
+  }
   return out;
 }
 
