@@ -13,12 +13,12 @@
 #   2. LAMB (configs/lamb.toml) and LARS (configs/lars.toml), both at 8× the batch (train.global_batch = 64), with
 #      their schedules fitted to BUDGET × the baseline's steps (default 0.25, the goal: train.steps =
 #      ⌈BUDGET·baseline⌉, warmup the recipe's fraction of that: warmup_steps / steps, a tenth for LAMB, a fifth for
-#      LARS), evaluated every ⌈steps/20⌉ steps (at most EVAL_EVERY) on the same validation batches, and at the end,
-#      and stopped at the target (train.target_val_loss). A larger BUDGET measures how many
-#      steps each needs when a quarter is not enough. LAMB's lr is the best AdamW lr × √8 (the square-root scaling
-#      of You et al. 2019); LARS keeps its recipe's lr (read from configs/lars.toml, with trust coefficient 0.001: an
-#      Adam lr does not carry over to LARS's layer-wise rate). LAMB_LR and LARS_LR override them; each may be a space-separated list (a learning-rate
-#      search: one run per lr, named lamb-lr<lr> and lars-lr<lr>; each optimizer's result is its lr that reached the
+#      LARS), evaluated every ⌈steps/20⌉ steps (at most EVAL_EVERY) and at the end on the same validation batches,
+#      stopped at the target (train.target_val_loss). A larger BUDGET measures how many steps each needs when a
+#      quarter is not enough. LAMB's lr is the best AdamW lr × √8 (the square-root scaling of You et al. 2019); LARS
+#      keeps its recipe's lr (read from configs/lars.toml, with trust coefficient 0.001: an Adam lr does not carry
+#      over to LARS's layer-wise rate). LAMB_LR and LARS_LR override them; each may be a space-separated list (a
+#      learning-rate search: one run per lr, named lamb-lr<lr> and lars-lr<lr>; each optimizer's result is its lr that reached the
 #      target in the fewest steps, or else its lowest validation loss). LAMB's lr is relative to each tensor's norm,
 #      so the √8 rule on an AdamW lr is only a starting point: on the State of the Union corpus it gives 2.83e-3, and
 #      LAMB's best was 2e-2 (bench/results/2026-11-30-large-batch-sotu.md) — search it.
@@ -126,7 +126,7 @@ every = max(1, min(eval_every, math.ceil(steps / 20)))
 runs = []
 recipes = {opt: tomllib.load(open(f"configs/{opt}.toml", "rb")) for opt in ("lamb", "lars")}
 for opt, default_lr in (("lamb", f"{base['lr'] * math.sqrt(8):.6g}"), ("lars", f"{recipes['lars']['optim']['lr']:g}")):
-    # warmup: the recipe's fraction of its steps (lamb 15/150, lars 30/150), of the budget's steps
+    # warmup: the recipe's fraction of its steps, applied to the budget's steps (int: LAMB's 58 of 588 as before)
     warmup = max(1, int(steps * recipes[opt]["optim"]["warmup_steps"] / recipes[opt]["train"]["steps"]))
     for lr in (os.environ[f"{opt.upper()}_LR"] or default_lr).split():
         runs.append((opt, float(lr), (f"{opt}-lr{float(lr):g}", opt,
